@@ -1,0 +1,3 @@
+from lodsgs.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero, no traceback."""
+
+
+class LodsgsError(Exception):
+    """An error caused by user input or environment, with a message that names the problem and the fix."""

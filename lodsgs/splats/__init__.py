@@ -1,0 +1,5 @@
+"""Gaussian splats: parameters, rendering, densification and file formats."""
+
+from lodsgs.splats.model import Splats
+
+__all__ = ["Splats"]
