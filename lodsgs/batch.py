@@ -1,0 +1,111 @@
+"""Prompt lists: one run folder per prompt, a manifest, resumable, sharded, failures isolated."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from lodsgs.config import Config
+from lodsgs.errors import LodsgsError
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts one per line; blank lines and ``#`` comments skipped; duplicates kept once, in order."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LodsgsError(f"cannot read prompt list {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    seen: dict[str, None] = {}
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith("#"):
+            seen.setdefault(text, None)
+    return list(seen)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise LodsgsError(f"--shard expects i/n such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise LodsgsError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard(prompts: list[str], i: int, n: int) -> list[str]:
+    """Deterministic round-robin split: every prompt lands in exactly one shard."""
+    return prompts[i::n]
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Latest record per prompt (later lines win); tolerates a torn last line."""
+    records: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[rec["prompt"]] = rec
+    return records
+
+
+def append_manifest(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class BatchResult:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print) -> BatchResult:
+    """Generate every prompt not already done; one failure (even OOM) is recorded and the rest go on."""
+    from lodsgs.generate import Interrupted, generate, load_prior, resolve_device
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.jsonl"
+    done = {p for p, r in read_manifest(manifest).items() if r.get("status") == "done"}
+    result = BatchResult()
+    prior = None
+    for k, prompt in enumerate(prompts, 1):
+        if prompt in done:
+            result.skipped += 1
+            log(f"[{k}/{len(prompts)}] skip (done): {prompt}")
+            continue
+        log(f"[{k}/{len(prompts)}] generate: {prompt}")
+        start = time.perf_counter()
+        record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method}
+        try:
+            if prior is None:
+                prior = load_prior(cfg, resolve_device(cfg.run.device))
+            run_dir = _generate_resuming(generate, prompt, cfg, out, quiet, prior)
+            record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
+            result.done += 1
+        except (KeyboardInterrupt, Interrupted):  # the user stopped the whole batch: rerun resumes it
+            raise
+        except Exception as e:  # isolate every failure, out-of-memory included
+            message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
+            record.update(status="failed", error=message,
+                          traceback=None if isinstance(e, LodsgsError) else traceback.format_exc(limit=5))
+            result.failed += 1
+            log(f"    failed: {message}")
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        append_manifest(manifest, record)
+    return result
+
+
+def _generate_resuming(generate, prompt, cfg, out, quiet, prior) -> Path:
+    """Continue an interrupted run of this prompt if its checkpoint exists, else start it afresh."""
+    from lodsgs.generate import run_name
+
+    ckpt = out / run_name(prompt, cfg.run.seed) / "checkpoints" / "last.pt"
+    return generate(prompt, cfg, out, resume=ckpt.exists(), overwrite=True, quiet=quiet, prior=prior)

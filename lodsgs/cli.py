@@ -1,0 +1,219 @@
+"""The ``lodsgs`` command line: generate, batch, render, export, info, eval, priors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lodsgs.errors import LodsgsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Text-to-3D Gaussian splatting under a diffusion prior with LODS.")
+prior_app = typer.Typer(no_args_is_help=True, help="Diffusion priors: list them, train the offline shapes prior.")
+app.add_typer(prior_app, name="prior")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Preset name or YAML file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
+PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior: 'shapes' (offline), a hub id or a folder.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Parent folder for run folders.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (run.seed).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimization steps (run.steps).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (run.device).")]
+
+
+def friendly(fn):
+    """Turn LodsgsError into a one-line message and exit code 2; Ctrl-C into exit code 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lodsgs.generate import Interrupted
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as e:
+            typer.echo(f"lodsgs: {e}", err=True)
+            raise typer.Exit(130) from None
+        except LodsgsError as e:
+            typer.echo(f"lodsgs: error: {e}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None):
+    """Preset, then the prior's recommended settings, then explicit options and --set."""
+    from lodsgs.config import load_config
+    overrides = []
+    if prior:
+        overrides.append(f"prior.model={prior}")
+    if seed is not None:
+        overrides.append(f"run.seed={seed}")
+    if steps is not None:
+        overrides.append(f"run.steps={steps}")
+    if device is not None:
+        overrides.append(f"run.device={device}")
+    if init is not None:
+        overrides += ["init.kind=ply", f"init.path={init}"]
+    return load_config(config, overrides + list(sets or []))
+
+
+@app.command(epilog="""**Examples**
+
+    lodsgs generate "a red cube" --prior shapes            # offline, CPU, minutes
+
+    lodsgs generate "a corgi" --config lods_lora --steps 2500 --device cuda
+
+    lodsgs generate "a corgi" --set guidance.guidance_scale=500 --set run.batch=4 --resume
+""")
+@friendly
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to generate.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    prior: PriorOpt = None,
+    out: OutOpt = Path("runs"),
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = None,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from a .ply (splats or point cloud).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Optimize Gaussian splats for PROMPT and write splats.ply, splats.splat, turntable and metrics."""
+    from lodsgs.generate import generate as run
+    cfg = build_config(config, sets, prior, seed, steps, device, init)
+    run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet)
+    typer.echo(f"wrote {run_dir}")
+
+
+@app.command(epilog="""**Examples**
+
+    lodsgs batch prompts.txt --prior shapes --out runs/batch1
+
+    lodsgs batch prompts.txt --shard 0/4 --out runs/batch1     # on four machines: 0/4 .. 3/4
+""")
+@friendly
+def batch(
+    prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line, # comments.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    prior: PriorOpt = None,
+    out: OutOpt = Path("runs"),
+    shard: Annotated[str, typer.Option("--shard", help="Run only shard i of n, as i/n.")] = "0/1",
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Generate every prompt of a list; rerunning the same command skips finished prompts."""
+    from lodsgs import batch as b
+    cfg = build_config(config, sets, prior, seed, steps, device)
+    i, n = b.parse_shard(shard)
+    todo = b.shard(b.read_prompts(prompts), i, n)
+    result = b.run_batch(todo, cfg, out, log=typer.echo)
+    typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
+               f"(manifest: {out / 'manifest.jsonl'})")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="**Example**\n\n    lodsgs render runs/a-red-cube-1a2b3c4d --frames 60 --size 512")
+@friendly
+def render(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a .ply file).")],
+    frames: Annotated[int, typer.Option(help="Turntable frames.")] = 36,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .gif (default: in the run).")] = None,
+) -> None:
+    """Render a turntable GIF (and MP4 if ffmpeg is installed) of a run or a .ply."""
+    import imageio.v2 as imageio
+
+    from lodsgs.media import save_mp4, turntable
+    cfg, splats, folder = _load_run(run_dir)
+    gif = out or folder / "turntable.gif"
+    images = turntable(splats, cfg.camera, frames, size, cfg.render.background)
+    imageio.mimsave(gif, list(images), duration=1000 / 12, loop=0)
+    save_mp4(images, gif.with_suffix(".mp4"))
+    typer.echo(f"wrote {gif}")
+
+
+@app.command(epilog="""**Examples**
+
+    lodsgs export runs/x/splats.ply --format splat
+
+    lodsgs export runs/x/splats.ply --format ply-sh3 --out x_sh3.ply
+""")
+@friendly
+def export(
+    file: Annotated[Path, typer.Argument(help="A splat .ply file.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="splat or ply-sh3.")] = "splat",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")] = None,
+) -> None:
+    """Convert a splat .ply to antimatter15 .splat, or to a PLY with SH degree 3 (zero higher bands)."""
+    from lodsgs.splats.io import read_ply, write_ply, write_splat
+    if format not in ("splat", "ply-sh3"):
+        raise LodsgsError(f"unknown --format {format!r}; choose splat or ply-sh3")
+    splats = read_ply(file)
+    if format == "splat":
+        target = out or file.with_suffix(".splat")
+        write_splat(splats, target)
+    else:
+        target = out or file.with_name(file.stem + "_sh3.ply")
+        write_ply(splats, target, sh_degree=3)
+    typer.echo(f"wrote {target}")
+
+
+@app.command(epilog="**Example**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d")
+@friendly
+def info(path: Annotated[Path, typer.Argument(help="A run folder or a .ply file.")]) -> None:
+    """Summarize a run (prompt, method, steps, time, Gaussians) or a .ply file."""
+    from lodsgs.splats.io import read_ply
+    if path.is_dir():
+        metrics = path / "metrics.json"
+        if metrics.exists():
+            typer.echo(json.dumps(json.loads(metrics.read_text()), indent=2))
+        else:
+            ckpt = path / "checkpoints" / "last.pt"
+            state = "unfinished (resumable)" if ckpt.exists() else "empty"
+            typer.echo(f"{path}: no metrics.json; run is {state}")
+        return
+    splats = read_ply(path)
+    lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
+    typer.echo(f"{path}: {splats.num} Gaussians, SH degree {splats.sh_degree}, "
+               f"bounds {[round(v, 3) for v in lo]} .. {[round(v, 3) for v in hi]} (y-up)")
+
+
+def _load_run(path: Path):
+    from lodsgs.config import Config, load_config
+    from lodsgs.splats.io import read_ply
+    if path.is_dir():
+        ply = path / "splats.ply"
+        cfg_file = path / "config.yaml"
+        cfg = load_config(str(cfg_file)) if cfg_file.exists() else Config()
+        if not ply.exists():
+            raise LodsgsError(f"{str(path)!r} has no splats.ply; is it a finished run folder?")
+        return cfg, read_ply(ply), path
+    return Config(), read_ply(path), path.parent
+
+
+@prior_app.command("list")
+@friendly
+def prior_list() -> None:
+    """Named priors and where their weights come from."""
+    from lodsgs.prior.diffusion import resolve_model
+    for name in ("shapes", "sd21"):
+        try:
+            where = resolve_model(name)
+        except LodsgsError as e:
+            where = f"unavailable: {e}"
+        typer.echo(f"{name:8s} {where}")
+
+
+def main() -> None:
+    try:
+        app()
+    except LodsgsError as e:  # raised outside a command body
+        print(f"lodsgs: error: {e}", file=sys.stderr)
+        sys.exit(2)

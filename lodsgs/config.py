@@ -1,0 +1,197 @@
+"""Run configuration: nested dataclasses, YAML presets and ``--set section.key=value`` overrides.
+
+Every key is checked: an unknown key or a value of the wrong type is an error naming the key and what
+is allowed, never silently added (the threestudio/DreamGaussian pitfall in STYLE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lodsgs.cameras import CameraConfig
+from lodsgs.errors import LodsgsError
+from lodsgs.prior.guidance import GuidanceConfig
+from lodsgs.splats.densify import DensifyConfig
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "lods_embedding"
+
+
+@dataclass
+class RunConfig:
+    """What to run and how long; paper 3DGS defaults (2,500 steps, 8 views per step)."""
+
+    steps: int = 2500
+    batch: int = 8
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = 250
+    log_every: int = 10
+    turntable_frames: int = 36
+    turntable_size: int = 256
+
+
+@dataclass
+class PriorConfig:
+    """Which diffusion model: a hub id, a local diffusers folder, or a shipped name (``shapes``)."""
+
+    model: str = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass
+class InitConfig:
+    """How the splats start: random ball / sphere shell, or any .ply (splats or a point cloud)."""
+
+    kind: Literal["ball", "shell", "ply"] = "ball"
+    num: int = 4096
+    radius: float = 0.5
+    path: str = ""
+    opacity: float = 0.1
+    sh_degree: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Adam learning rates per splat parameter (LODS-3DGS: GaussianDreamer's, spatial scale 3.5)."""
+
+    means: float = 1.75e-4
+    means_final: float = 8.75e-5  # log-linear decay of the means lr over the run
+    scales: float = 0.005
+    quats: float = 0.001
+    opacities: float = 0.01
+    sh0: float = 0.0125
+    shN: float = 0.0125 / 20
+
+
+@dataclass
+class RenderConfig:
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    random_background: float = 0.0  # probability of a random flat background per step (0 = off)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+
+
+# --- loading and overriding -------------------------------------------------------------------
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then a preset name or YAML file, then ``section.key=value`` overrides, all validated."""
+    cfg = Config()
+    source = preset_or_path or DEFAULT_PRESET
+    path = Path(source)
+    if not path.suffix:
+        path = PRESET_DIR / f"{source}.yaml"
+        if not path.exists():
+            raise LodsgsError(f"unknown preset {source!r}; available presets: {', '.join(presets())}")
+    elif not path.exists():
+        raise LodsgsError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LodsgsError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
+    merge(cfg, data, where=str(path))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise LodsgsError(f"--set expects section.key=value, got {item!r}")
+        *sections, leaf = key.strip().split(".")
+        tree: dict[str, Any] = {leaf: yaml.safe_load(raw) if raw.strip() else raw}
+        for s in reversed(sections):
+            tree = {s: tree}
+        merge(cfg, tree, where="--set")
+    return cfg
+
+
+def merge(obj: Any, data: dict, where: str, prefix: str = "") -> None:
+    """Write ``data`` into the dataclass ``obj`` recursively, checking every key and value."""
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            allowed = ", ".join(prefix + n for n in names)
+            raise LodsgsError(f"unknown config key {dotted!r} ({where}); allowed here: {allowed}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise LodsgsError(f"config key {dotted!r} ({where}) is a section; give it a mapping")
+            merge(current, value, where, prefix=dotted + ".")
+        else:
+            setattr(obj, key, coerce(value, hints[key], dotted, where))
+
+
+def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int/float/str/bool/Literal/tuple/Optional)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = f"bad value {value!r} for {key!r} ({where}): expected "
+    if origin is Literal:
+        if value not in args:
+            raise LodsgsError(bad + "one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise LodsgsError(bad + f"a list like [{', '.join('x' for _ in args)}]")
+        elem = [a for a in args if a is not Ellipsis]
+        if origin is tuple and Ellipsis not in args and len(value) != len(args):
+            raise LodsgsError(bad + f"{len(args)} values")
+        items = [coerce(v, elem[i % len(elem)], key, where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise LodsgsError(bad + "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LodsgsError(bad + "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LodsgsError(bad + "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise LodsgsError(bad + "a string")
+        return str(value)
+    return value
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML and checkpoints."""
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

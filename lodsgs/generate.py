@@ -1,0 +1,274 @@
+"""The generation loop: cameras -> render -> guidance -> one joint step -> densify; checkpoints, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lodsgs.cameras import sample_cameras, view_labels
+from lodsgs.config import Config, save_config, to_dict
+from lodsgs.errors import LodsgsError
+from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
+from lodsgs.prior.guidance import Guidance
+from lodsgs.splats.densify import Densifier
+from lodsgs.splats.io import read_ply, write_ply, write_splat
+from lodsgs.splats.model import Splats, make_optimizers
+from lodsgs.splats.render import render
+
+
+class Interrupted(LodsgsError):
+    """Raised after Ctrl-C/SIGTERM once the checkpoint is safely written."""
+
+
+def run_name(prompt: str, seed: int) -> str:
+    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt and seed."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "prompt"
+    digest = hashlib.sha1(f"{prompt}\0{seed}".encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LodsgsError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def check_prompt(prompt: str, model_path: str) -> None:
+    """Reject empty prompts, and words a closed-vocabulary prior (one with vocabulary.json) never saw."""
+    if not prompt or not prompt.strip():
+        raise LodsgsError("the prompt is empty; give a text such as \"a red cube\"")
+    vocab_file = Path(model_path) / "vocabulary.json"
+    if vocab_file.is_file():
+        known = json.loads(vocab_file.read_text())
+        words = set(known["words"])
+        unknown = [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in words]
+        if unknown:
+            examples = "; ".join(known.get("captions", [])[:6])
+            raise LodsgsError(
+                f"the {Path(model_path).name!r} prior does not know the word(s) {', '.join(unknown)}; "
+                f"it knows: {', '.join(sorted(words))} (e.g. {examples})"
+            )
+
+
+def init_splats(cfg: Config) -> Splats:
+    c = cfg.init
+    if c.kind == "ply":
+        if not c.path:
+            raise LodsgsError("init.kind is 'ply' but no path was given; use --init path.ply")
+        splats = read_ply(Path(c.path))
+        return splats
+    make = Splats.random_ball if c.kind == "ball" else Splats.sphere_shell
+    return make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
+
+
+@dataclass
+class State:
+    """Everything a step changes; what a checkpoint holds."""
+
+    splats: Splats
+    optimizers: dict[str, torch.optim.Optimizer]
+    densifier: Densifier
+    guidance: Guidance
+    prior_optimizer: torch.optim.Optimizer | None
+    camera_rng: torch.Generator
+    step: int = 0
+    seconds: float = 0.0
+
+
+def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device) -> State:
+    torch.manual_seed(cfg.run.seed)
+    splats = init_splats(cfg).to(device)
+    optimizers = make_optimizers(splats, lrs(cfg, 0))
+    densifier = Densifier(cfg.densify)
+    guidance = Guidance(prior, cfg.guidance, prompt, seed=cfg.run.seed)
+    groups = guidance.param_groups()
+    prior_optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15) if groups else None
+    camera_rng = torch.Generator().manual_seed(cfg.run.seed)
+    return State(splats, optimizers, densifier, guidance, prior_optimizer, camera_rng)
+
+
+def lrs(cfg: Config, step: int) -> dict[str, float]:
+    o = cfg.optim
+    frac = min(step / max(cfg.run.steps, 1), 1.0)
+    means = math.exp((1 - frac) * math.log(o.means) + frac * math.log(o.means_final))
+    return {"means": means, "scales": o.scales, "quats": o.quats, "opacities": o.opacities,
+            "sh0": o.sh0, "shN": o.shN}
+
+
+def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
+    """One joint step of splats and the prior's learnable parameters, then densify/prune."""
+    cams = sample_cameras(cfg.camera, cfg.run.batch, s.camera_rng).to(device)
+    background = torch.tensor(cfg.render.background, dtype=torch.float32)
+    if cfg.render.random_background > 0 and torch.rand(1, generator=s.camera_rng).item() < cfg.render.random_background:
+        background = torch.rand(3, generator=s.camera_rng)
+    for group in s.optimizers["means"].param_groups:
+        group["lr"] = lrs(cfg, s.step)["means"]
+    out = render(s.splats, cams, background=background.to(device))
+    s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
+    g = s.guidance(out.rgb, view_labels(cams, cfg.camera), s.step)
+    for opt in _all_optimizers(s):
+        opt.zero_grad(set_to_none=True)
+    (g.loss + g.prior_loss).backward()
+    for opt in _all_optimizers(s):
+        opt.step()
+    s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
+    s.step += 1
+    return {"loss": float(g.loss.detach()), "prior_loss": float(g.prior_loss.detach()), **g.logs}
+
+
+def _all_optimizers(s: State) -> list[torch.optim.Optimizer]:
+    return list(s.optimizers.values()) + ([s.prior_optimizer] if s.prior_optimizer else [])
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def save_checkpoint(s: State, cfg: Config, path: Path) -> None:
+    """Atomically write everything needed to continue exactly where this step left off."""
+    payload = {
+        "step": s.step,
+        "seconds": s.seconds,
+        "sh_degree": s.splats.sh_degree,
+        "splats": s.splats.detached(),
+        "optimizers": {k: o.state_dict() for k, o in s.optimizers.items()},
+        "densifier": s.densifier.state_dict(),
+        "guidance": s.guidance.state_dict(),
+        "prior_optimizer": s.prior_optimizer.state_dict() if s.prior_optimizer else None,
+        "camera_rng": s.camera_rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "config": to_dict(cfg),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(s: State, path: Path, cfg: Config, device: torch.device) -> None:
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {e}") from None
+    s.splats = Splats(ck["splats"], sh_degree=ck["sh_degree"]).to(device)
+    s.optimizers = make_optimizers(s.splats, lrs(cfg, ck["step"]))
+    for k, o in s.optimizers.items():
+        o.load_state_dict(ck["optimizers"][k])
+    s.densifier.load_state_dict(ck["densifier"])
+    s.guidance.load_state_dict(ck["guidance"])
+    if s.prior_optimizer and ck["prior_optimizer"]:
+        s.prior_optimizer.load_state_dict(ck["prior_optimizer"])
+    s.camera_rng.set_state(ck["camera_rng"])
+    torch.set_rng_state(ck["torch_rng"])
+    s.step, s.seconds = ck["step"], ck["seconds"]
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
+    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device)
+
+
+def generate(
+    prompt: str,
+    cfg: Config,
+    out: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    prior: DiffusionPrior | None = None,
+    interrupt_at: int | None = None,
+) -> Path:
+    """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder."""
+    from lodsgs.media import write_media
+    from lodsgs.progress import StepProgress
+
+    model_path = resolve_model(cfg.prior.model)
+    check_prompt(prompt, model_path)
+    device = resolve_device(cfg.run.device)
+    run_dir = Path(out) / run_name(prompt, cfg.run.seed)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if resume and not ckpt.exists():
+        raise LodsgsError(f"nothing to resume: no checkpoint at {str(ckpt)!r}; run without --resume")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it "
+                          "or --overwrite to start again")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write-test").touch()
+        (run_dir / ".write-test").unlink()
+    except OSError as e:
+        raise LodsgsError(f"cannot write to output folder {str(run_dir)!r}: {e.strerror}") from None
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "prompt.txt").write_text(prompt + "\n")
+
+    prior = prior or load_prior(cfg, device)
+    s = build_state(cfg, prompt, prior, device)
+    if resume:
+        load_checkpoint(s, ckpt, cfg, device)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    logs: dict[str, float] = {}
+    start = time.perf_counter() - s.seconds
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar:
+            while s.step < cfg.run.steps:
+                logs = train_step(cfg, s, device)
+                s.seconds = time.perf_counter() - start
+                bar.update(s.step, loss=logs["loss"], gaussians=s.splats.num)
+                if interrupt_at is not None and s.step == interrupt_at:
+                    stop["signal"] = signal.SIGINT
+                if stop["signal"] is not None:
+                    save_checkpoint(s, cfg, ckpt)
+                    raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
+                                      "rerun the same command with --resume to continue")
+                if s.step % cfg.run.checkpoint_every == 0 and s.step < cfg.run.steps:
+                    save_checkpoint(s, cfg, ckpt)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    save_checkpoint(s, cfg, ckpt)
+    write_ply(s.splats, run_dir / "splats.ply")
+    write_splat(s.splats, run_dir / "splats.splat")
+    write_media(s.splats, cfg, run_dir)
+    metrics = {
+        "prompt": prompt,
+        "seed": cfg.run.seed,
+        "method": cfg.guidance.method,
+        "prior": cfg.prior.model,
+        "device": str(device),
+        "steps": s.step,
+        "seconds": round(s.seconds, 3),
+        "steps_per_second": round(s.step / max(s.seconds, 1e-9), 3),
+        "gaussians": s.splats.num,
+        "peak_memory_mb": peak_memory_mb(device),
+        "final": {k: round(v, 6) for k, v in logs.items()},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run_dir
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB

@@ -1,0 +1,58 @@
+"""Turntable GIF (and MP4 when ffmpeg is present) and a preview grid of views."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from lodsgs.cameras import CameraConfig, eval_cameras
+from lodsgs.splats.model import Splats
+from lodsgs.splats.render import render
+
+
+@torch.no_grad()
+def turntable(splats: Splats, cam: CameraConfig, frames: int, size: int,
+              background: tuple[float, float, float]) -> np.ndarray:
+    """``frames`` views around the object at the eval elevation, uint8 [F,H,W,3]."""
+    cams = eval_cameras(cam, frames, width=size, height=size).to(splats.device)
+    bg = torch.tensor(background, dtype=torch.float32, device=splats.device)
+    images = [render(splats, cams[i], background=bg).rgb[0] for i in range(frames)]
+    return (torch.stack(images).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def grid(images: np.ndarray, cols: int = 4) -> np.ndarray:
+    """Tile [F,H,W,3] images into one image, ``cols`` per row."""
+    f, h, w, c = images.shape
+    rows = -(-f // cols)
+    canvas = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, cols)
+        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
+    return canvas
+
+
+def save_mp4(frames: np.ndarray, path: Path, fps: int = 12) -> bool:
+    """Encode with the ffmpeg binary if it is installed; returns whether a file was written."""
+    ffmpeg = shutil.which("ffmpeg")
+    if not ffmpeg:
+        return False
+    f, h, w, _ = frames.shape
+    cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-r", str(fps), "-i", "-", "-pix_fmt", "yuv420p", "-vcodec", "libx264", str(path)]
+    result = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
+    return result.returncode == 0
+
+
+def write_media(splats: Splats, cfg, run_dir: Path) -> None:
+    """turntable.gif (+ .mp4) and preview.png (8 views) for a finished run."""
+    frames = turntable(splats, cfg.camera, cfg.run.turntable_frames, cfg.run.turntable_size,
+                       cfg.render.background)
+    imageio.mimsave(run_dir / "turntable.gif", list(frames), duration=1000 / 12, loop=0)
+    save_mp4(frames, run_dir / "turntable.mp4")
+    step = max(len(frames) // 8, 1)
+    imageio.imwrite(run_dir / "preview.png", grid(frames[::step][:8]))
