@@ -112,16 +112,38 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
     if not isinstance(data, dict):
         raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
     merge(cfg, data, where=str(path))
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise LodsgsError(f"--set expects section.key=value, got {item!r}")
-        *sections, leaf = key.strip().split(".")
-        tree: dict[str, Any] = {leaf: yaml.safe_load(raw) if raw.strip() else raw}
-        for s in reversed(sections):
-            tree = {s: tree}
+    trees = [parse_override(item) for item in overrides or []]
+    for tree in trees:
         merge(cfg, tree, where="--set")
+    profile = prior_profile(cfg.prior.model)
+    if profile is not None:  # the prior's own recommended settings, then the explicit overrides again
+        merge(cfg, yaml.safe_load(profile.read_text()) or {}, where=str(profile))
+        for tree in trees:
+            merge(cfg, tree, where="--set")
     return cfg
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}} with the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise LodsgsError(f"--set expects section.key=value, got {item!r}")
+    *sections, leaf = key.strip().split(".")
+    tree: dict[str, Any] = {leaf: yaml.safe_load(raw) if raw.strip() else raw}
+    for s in reversed(sections):
+        tree = {s: tree}
+    return tree
+
+
+def prior_profile(model: str) -> Path | None:
+    """A local prior folder may ship ``lodsgs.yaml``: the cameras, resolution and budget it was made for."""
+    from lodsgs.prior.diffusion import resolve_model
+
+    try:
+        path = Path(resolve_model(model)) / "lodsgs.yaml"
+    except LodsgsError:
+        return None
+    return path if path.is_file() else None
 
 
 def merge(obj: Any, data: dict, where: str, prefix: str = "") -> None:
