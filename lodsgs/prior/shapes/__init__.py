@@ -1,0 +1,1 @@
+"""The shapes world and its offline diffusion prior."""

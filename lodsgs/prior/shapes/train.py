@@ -1,0 +1,172 @@
+"""Train the shapes prior: a pixel-space text-conditioned UNet + small CLIP text encoder, from scratch.
+
+``python -m lodsgs.prior.shapes.train --out DIR --minutes 45 [--resume]``: seeded, resumable (checkpoint
+every few minutes), bounded by wall-clock time, and saved in the diffusers folder layout that
+``DiffusionPrior`` loads exactly like Stable Diffusion (no ``vae/``: the pixel-space path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from lodsgs.prior.shapes import world
+from lodsgs.prior.shapes.dataset import DatasetConfig, caption_text, load_or_build
+
+MAX_TOKENS = 16
+WIDTH = 128  # text-encoder width = UNet cross-attention width
+CAPTION_DROPOUT = 0.12  # empty prompt, for classifier-free guidance
+VIEW_SUFFIX_PROB = 0.5
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the world's vocabulary (+ ','), padded to MAX_TOKENS with BOS/EOS."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + [","] + world.vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", model_max_length=MAX_TOKENS)
+
+
+def build_models(vocab_size: int) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH, attention_head_dim=8, norm_num_groups=16)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    return unet, text
+
+
+def scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                         clip_sample=False)
+
+
+def encode(tokenizer, text_model, texts: list[str]) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+    return text_model(ids.input_ids).last_hidden_state
+
+
+def export(out: Path, unet, text, tokenizer, sched) -> None:
+    """Write the diffusers layout (fp16 safetensors) plus vocabulary.json and the recommended settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
+    text.to(torch.float16).save_pretrained(out / "text_encoder", safe_serialization=True)
+    unet.float(), text.float()
+    tokenizer.save_pretrained(out / "tokenizer")
+    sched.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "LodsgsShapesPrior", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+    }, indent=2))
+    (out / "vocabulary.json").write_text(json.dumps({"words": world.vocabulary(), "captions": world.captions()},
+                                                    indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True, help="final diffusers folder")
+    ap.add_argument("--work", type=Path, default=None, help="checkpoints and dataset cache (default: OUT/.work)")
+    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", type=int, default=96)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    from rich.progress import Progress
+
+    torch.manual_seed(args.seed)
+    work = args.work or args.out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_or_build(work / "dataset.pt", DatasetConfig(views=args.views, seed=args.seed))
+    images = data["images"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    tokenizer = build_tokenizer()
+    unet, text = build_models(len(tokenizer))
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
+    sched = scheduler()
+    alphas = sched.alphas_cumprod
+    g = torch.Generator().manual_seed(args.seed)
+    step, elapsed = 0, 0.0
+    ckpt = work / "checkpoint.pt"
+    if args.resume and ckpt.exists():
+        ck = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(ck["unet"]), text.load_state_dict(ck["text"]), opt.load_state_dict(ck["opt"])
+        ema[0].load_state_dict(ck["ema_unet"]), ema[1].load_state_dict(ck["ema_text"])
+        g.set_state(ck["rng"]), torch.set_rng_state(ck["torch_rng"])
+        step, elapsed = ck["step"], ck["elapsed"]
+    budget = args.minutes * 60
+    start, last_save, loss_avg = time.time() - elapsed, time.time(), None
+    with Progress() as bar:
+        task = bar.add_task("shapes prior", total=budget, completed=elapsed)
+        while time.time() - start < budget:
+            frac = (time.time() - start) / budget
+            lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(images), (args.batch,), generator=g)
+            x0 = images[idx]
+            texts = []
+            for i in idx.tolist():
+                r = torch.rand(2, generator=g)
+                caption = data["captions"][int(data["caption_ids"][i])]
+                texts.append("" if r[0] < CAPTION_DROPOUT else caption_text(caption, data["labels"][i],
+                                                                               bool(r[1] < VIEW_SUFFIX_PROB)))
+            t = torch.randint(0, 1000, (args.batch,), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            a = alphas[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            pred = unet(xt, t, encode(tokenizer, text, texts)).sample
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for live, avg in zip((unet, text), ema):
+                    for p, q in zip(live.parameters(), avg.parameters()):
+                        q.lerp_(p, 1 - decay)
+            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+            bar.update(task, completed=time.time() - start,
+                       description=f"shapes prior step {step} loss {loss_avg:.4f} lr {lr:.1e}")
+            if time.time() - last_save > 180:
+                save(ckpt, unet, text, ema, opt, g, step, time.time() - start)
+                last_save = time.time()
+    save(ckpt, unet, text, ema, opt, g, step, time.time() - start)
+    export(args.out, ema[0], ema[1], tokenizer, sched)
+    print(f"trained {step} steps in {(time.time() - start) / 60:.1f} min, loss {loss_avg:.4f}; wrote {args.out}")
+
+
+def save(path: Path, unet, text, ema, opt, g, step: int, elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema[0].state_dict(),
+                "ema_text": ema[1].state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
+                "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed}, tmp)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
