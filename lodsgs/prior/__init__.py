@@ -1,0 +1,1 @@
+"""The diffusion prior and its guidance losses (SDS, LODS-embedding, LODS-LoRA)."""

@@ -1,0 +1,73 @@
+"""Config: presets load, overrides are typed, unknown keys and bad values are errors that name them."""
+
+import pytest
+import yaml
+
+from lodsgs.config import load_config, presets, save_config, to_dict
+from lodsgs.errors import LodsgsError
+
+
+def test_every_preset_loads():
+    names = presets()
+    assert {"lods_embedding", "lods_lora", "sds", "fast"} <= set(names)
+    methods = {name: load_config(name).guidance.method for name in names}
+    assert methods["lods_embedding"] == "lods-embedding"
+    assert methods["lods_lora"] == "lods-lora"
+    assert methods["sds"] == "sds"
+
+
+def test_default_is_lods_embedding_with_paper_settings():
+    cfg = load_config()
+    assert cfg.guidance.method == "lods-embedding"
+    assert cfg.guidance.guidance_scale == 1000
+    assert cfg.run.batch == 8 and cfg.run.steps == 2500
+    assert cfg.init.sh_degree == 0
+
+
+def test_overrides_are_typed():
+    cfg = load_config("sds", ["run.steps=12", "guidance.guidance_scale=7.5", "camera.radius=[2, 3]",
+                              "render.background=[1, 1, 1]", "prior.model=shapes"])
+    assert cfg.run.steps == 12 and isinstance(cfg.run.steps, int)
+    assert cfg.guidance.guidance_scale == 7.5
+    assert cfg.camera.radius == (2.0, 3.0)
+    assert cfg.render.background == (1.0, 1.0, 1.0)
+    assert cfg.prior.model == "shapes"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("run.stepz=3", "unknown config key 'run.stepz'"),
+    ("nosection.x=1", "unknown config key 'nosection'"),
+    ("run.steps=many", "expected an integer"),
+    ("guidance.method=dds", "one of 'sds', 'lods-embedding', 'lods-lora'"),
+    ("camera.radius=[1, 2, 3]", "expected 2 values"),
+    ("run.device=tpu", "one of 'auto', 'cpu', 'cuda'"),
+    ("run.steps", "section.key=value"),
+    ("run=3", "is a section"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+    with pytest.raises(LodsgsError, match=None) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(LodsgsError, match="unknown preset 'nope'; available presets: "):
+        load_config("nope")
+    with pytest.raises(LodsgsError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {steps: 3\n")
+    with pytest.raises(LodsgsError, match="not valid YAML"):
+        load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("run: {seeed: 3}\n")
+    with pytest.raises(LodsgsError, match="unknown config key 'run.seeed'"):
+        load_config(str(typo))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config("lods_lora", ["run.seed=7", "camera.width=32"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["run"]["seed"] == 7
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert to_dict(again) == to_dict(cfg)

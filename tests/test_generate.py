@@ -1,0 +1,134 @@
+"""Generation end to end on the tiny random prior: outputs, resume, batch, reproducibility, bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lodsgs.cli import app
+from lodsgs.config import load_config
+from lodsgs.generate import generate, run_name
+from lodsgs.splats.io import read_ply
+
+runner = CliRunner()
+
+TINY = ["run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_frames=4", "run.turntable_size=32",
+        "camera.width=32", "camera.height=32", "init.num=300", "densify.refine_start=2", "densify.refine_every=2",
+        "densify.refine_stop=5", "guidance.anneal_after_step=3"]
+
+
+def tiny_args(prior_dir, *extra):
+    out = ["--set", f"prior.model={prior_dir}"]
+    for s in TINY + list(extra):
+        out += ["--set", s]
+    return out
+
+
+@pytest.fixture
+def cfg_for(tiny_prior_dirs):
+    def make(method="lods-embedding", kind="latent", *extra):
+        return load_config("fast", [f"prior.model={tiny_prior_dirs[kind]}", f"guidance.method={method}", *TINY, *extra])
+    return make
+
+
+def test_cli_generate_writes_every_output(tiny_prior_dirs, tmp_path):
+    result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), "--quiet", "--seed", "1",
+                                 *tiny_args(tiny_prior_dirs["latent"])])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / run_name("a corgi", 1)
+    for name in ["splats.ply", "splats.splat", "turntable.gif", "preview.png", "config.yaml", "metrics.json",
+                 "checkpoints/last.pt"]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["gaussians"] > 0 and metrics["seconds"] > 0
+    assert "loss" in metrics["final"]
+    splats = read_ply(run / "splats.ply")
+    assert splats.num == metrics["gaussians"]
+    info = runner.invoke(app, ["info", str(run)])
+    assert info.exit_code == 0 and '"steps": 6' in info.output
+
+
+@pytest.mark.parametrize("method", ["sds", "lods-embedding", "lods-lora"])
+def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method):
+    cfg = cfg_for(method)
+    full = generate("a red cube", cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(Exception, match="interrupted at step 4"):
+        generate("a red cube", cfg, tmp_path / "cut", quiet=True, interrupt_at=4)
+    resumed = generate("a red cube", cfg, tmp_path / "cut", quiet=True, resume=True)
+    a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
+    for key in a.params:
+        assert torch.equal(a.params[key], b.params[key]), key
+
+
+def test_same_seed_same_result_on_cpu(cfg_for, tmp_path):
+    cfg = cfg_for("lods-embedding", "pixel")
+    a = read_ply(generate("a blue torus", cfg, tmp_path / "a", quiet=True) / "splats.ply")
+    b = read_ply(generate("a blue torus", cfg, tmp_path / "b", quiet=True) / "splats.ply")
+    assert torch.equal(a.params["means"], b.params["means"]) and torch.equal(a.params["sh0"], b.params["sh0"])
+
+
+def test_batch_isolates_failures_resumes_and_shards(tiny_prior_dirs, tmp_path, monkeypatch):
+    import lodsgs.generate as gen
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n# skip me\n\na blue torus\nexplode\na red cube\n")
+    real = gen.generate
+
+    def flaky(prompt, *a, **k):
+        if prompt == "explode":
+            raise torch.OutOfMemoryError("simulated out of memory")
+        return real(prompt, *a, **k)
+
+    monkeypatch.setattr(gen, "generate", flaky)
+    out = tmp_path / "batch"
+    args = ["batch", str(prompts), "--out", str(out), *tiny_args(tiny_prior_dirs["pixel"])]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output  # one failed
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    status = {r["prompt"]: r["status"] for r in lines}
+    assert status == {"a red cube": "done", "a blue torus": "done", "explode": "failed"}
+    assert "simulated out of memory" in next(r for r in lines if r["prompt"] == "explode")["error"]
+    second = runner.invoke(app, args)
+    assert "skip (done): a red cube" in second.output and "skip (done): a blue torus" in second.output
+    assert second.exit_code == 1  # the failing prompt is retried and fails again
+    shard0 = runner.invoke(app, args + ["--shard", "0/2"])
+    assert "explode" in shard0.output and "a blue torus" not in shard0.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "   "], "the prompt is empty"),
+    (["generate", "a cube", "--config", "nope"], "unknown preset 'nope'"),
+    (["generate", "a cube", "--set", "run.stepz=1"], "unknown config key 'run.stepz'"),
+    (["generate", "a cube", "--resume"], "nothing to resume"),
+    (["generate", "a cube", "--device", "cuda"], "no CUDA GPU is available"),
+    (["generate", "a cube", "--device", "tpu"], "one of 'auto', 'cpu', 'cuda'"),
+    (["export", "missing.ply"], "missing.ply"),
+])
+def test_bad_input_gives_one_line_and_exit_code(tiny_prior_dirs, tmp_path, args, message):
+    if args[-1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    full = args + (["--out", str(tmp_path)] + tiny_args(tiny_prior_dirs["pixel"]) if args[0] == "generate" else [])
+    result = runner.invoke(app, full)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_output_folder(tiny_prior_dirs, tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/lodsgs-cannot-write"  # root ignores permissions; /proc refuses new folders
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "sub")
+    result = runner.invoke(app, ["generate", "a cube", "--out", target, *tiny_args(tiny_prior_dirs["pixel"])])
+    assert result.exit_code == 2 and "cannot write to output folder" in result.output
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(cfg_for, tmp_path):
+    cfg = cfg_for("sds", "pixel")
+    generate("a cube", cfg, tmp_path, quiet=True)
+    with pytest.raises(Exception, match="already exists; pass --resume"):
+        generate("a cube", cfg, tmp_path, quiet=True)
