@@ -74,6 +74,8 @@ class DiffusionPrior(nn.Module):
     def from_pretrained(cls, model: str, device: torch.device | str = "cpu") -> DiffusionPrior:
         """Load every component from a hub id or a local diffusers folder; one clear error if absent."""
         device = torch.device(device)
+        if device.type == "cpu":  # denormal floats (e.g. LoRA/VAE activations near zero) slow CPU math ~30x
+            torch.set_flush_denormal(True)
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         try:
             unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
