@@ -1,0 +1,72 @@
+"""The shapes world, its dataset, and the shipped offline prior."""
+
+import pytest
+import torch
+
+from lodsgs.prior.diffusion import SHAPES_DIR, DiffusionPrior
+from lodsgs.prior.shapes import world
+from lodsgs.prior.shapes.dataset import DatasetConfig, build_dataset
+
+shipped = pytest.mark.skipif(not (SHAPES_DIR / "unet").is_dir(), reason="shapes prior weights not installed")
+
+
+def test_world_has_the_promised_captions():
+    caps = world.captions()
+    assert len(world.SHAPES) >= 5 and len(world.COLORS) >= 6
+    assert len(caps) == len(world.SHAPES) * len(world.COLORS) + len(world.COMPOSITIONS) == len(set(caps))
+    assert "a red cube on a blue cylinder" in caps and "an orange torus" in caps
+
+
+def test_objects_are_deterministic_and_coloured():
+    a, b = world.build_object("a green cone"), world.build_object("a green cone")
+    for key in a.params:
+        assert torch.equal(a.params[key], b.params[key])
+    rgb = a.rgb.mean(0)
+    assert rgb[1] > rgb[0] + 0.2 and rgb[1] > rgb[2] + 0.2  # green
+    pair = world.build_object("a red sphere left of a blue cube")
+    left = pair.means[:, 0] < 0
+    assert pair.rgb[left].mean(0)[0] > 0.4 and pair.rgb[~left].mean(0)[2] > 0.4  # red at -x, blue at +x
+
+
+def test_vocabulary_check_names_unknown_words():
+    assert world.unknown_words("a red cube, front view") == []
+    assert world.unknown_words("a fluffy corgi") == ["fluffy", "corgi"]
+
+
+def test_dataset_has_the_stated_views_and_captions():
+    caps = ["a red cube", "a red sphere left of a blue cube"]
+    data = build_dataset(DatasetConfig(views=3, size=16, supersample=2), caps)
+    assert data["images"].shape == (6, 16, 16, 3) and data["images"].dtype == torch.uint8
+    assert data["caption_ids"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert set(data["labels"]) <= {"front", "side", "back", "overhead"}
+    corner = data["images"][:, 0, 0].float()
+    assert (corner > 240).all()  # white background
+
+
+@shipped
+def test_shipped_prior_loads_offline_and_denoises(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prior = DiffusionPrior.from_pretrained(str(SHAPES_DIR))
+    assert prior.vae is None and prior.image_size == 32
+    img = world.build_object("a blue cube")
+    from lodsgs.cameras import eval_cameras
+    from lodsgs.splats.render import render
+    with torch.no_grad():
+        x0 = prior.encode_images(render(img, eval_cameras(world.SHAPES_CAMERAS, 4, 32, 32),
+                                        background=world.BACKGROUND).rgb)
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.full((4,), 300)
+        pred = prior.predict_noise(prior.add_noise(x0, noise, t), t, prior.encode_text("a blue cube").expand(4, -1, -1))
+    # a trained denoiser predicts the noise far better than chance (MSE 1 for predicting zeros)
+    assert torch.nn.functional.mse_loss(pred, noise) < 0.3
+
+
+@shipped
+@pytest.mark.slow
+def test_shipped_prior_samples_the_caption_colour():
+    from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name, sample
+    prior = DiffusionPrior.from_pretrained(str(SHAPES_DIR))
+    images = sample(prior, "a red cylinder", n=4, steps=30)
+    names = [nearest_color_name(c) for c in dominant_color(images)]
+    assert names.count("red") >= 3, names
