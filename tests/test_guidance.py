@@ -160,7 +160,10 @@ def test_state_dict_round_trip(tiny_prior_dirs):
 
 
 def test_missing_model_offline_is_one_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(LodsgsError) as err:
         DiffusionPrior.from_pretrained("lodsgs-test/no-such-model")
     text = str(err.value)
