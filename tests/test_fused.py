@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,35 @@ def test_nan_becomes_zero():
 def test_cpu_dispatch_uses_the_reference():
     c, u, e, w = inputs()
     assert torch.equal(guidance_grad(c, u, e, w, 7.5, False), guidance_grad_reference(c, u, e, w, 7.5, False))
+
+
+def test_fp16_inputs_give_fp32_reference_and_x0_dtype_grad():
+    c, u, e, w = inputs(torch.float16)
+    assert guidance_grad(c, u, e, w, 100.0, True).dtype == torch.float32
+    x = torch.zeros(3, 4, 8, 8, dtype=torch.float16, requires_grad=True)
+    (got,) = torch.autograd.grad(guidance_loss(x, c, u, e, w, 100.0, True), x)
+    assert got.dtype == torch.float16
+    want = guidance_grad_reference(c.float(), u.float(), e.float(), w, 100.0, True) / 3
+    assert torch.allclose(got.float(), want, rtol=1e-3, atol=1e-3 * want.abs().max().item())  # fp16 rounding
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from lodsgs.prior import fused
+
+    monkeypatch.setattr(fused, "_ext", None)
+    monkeypatch.setattr(fused, "_ext_failed", False)
+
+    def broken_build(**kwargs):
+        raise RuntimeError("nvcc fatal: unsupported gpu architecture\nmore detail")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_build)
+    with pytest.warns(UserWarning, match="unsupported gpu architecture.*PyTorch reference"):
+        assert fused.load_extension() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert fused.load_extension() is None
 
 
 @pytest.mark.cuda

@@ -1,7 +1,9 @@
 """DiffusionPrior: a frozen text-to-image diffusion model loaded with diffusers ``from_pretrained``.
 
-Latent models (Stable Diffusion 1.x/2.x: a ``vae/`` folder) and pixel-space models (no VAE, such as the
-shipped ``shapes`` prior) share one path: ``encode_images`` turns renders into the diffusion model's x0.
+A model is a hub id or a local folder in the diffusers pipeline layout: ``unet/``, ``scheduler/``,
+``text_encoder/``, ``tokenizer/`` and, for latent models only, ``vae/``. Latent models (Stable Diffusion
+1.x/2.x) and pixel-space models (no VAE, such as the shipped ``shapes`` prior) share one path:
+``encode_images`` turns renders into the diffusion model's x0.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from lodsgs.errors import LodsgsError
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
 NAMED = {"sd21": DEFAULT_MODEL, "sd": DEFAULT_MODEL}
+VIEWS = ("front", "side", "back", "overhead")  # the labels view-dependent prompts append (", front view")
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map a prior name (``shapes``, ``sd21``) to a hub id or folder; anything else is returned unchanged."""
+    """Map a prior name (``shapes``, ``sd21``, ``sd``) to a hub id or folder; anything else is returned as is."""
     if name_or_path == "shapes":
         if not (SHAPES_DIR / "unet").is_dir():
             raise LodsgsError(f"the shapes prior weights are not installed at {str(SHAPES_DIR)!r}; "
@@ -32,36 +35,58 @@ def resolve_model(name_or_path: str) -> str:
     return NAMED.get(name_or_path, name_or_path)
 
 
-def _has_component(model: str, name: str) -> bool:
-    """Whether the pipeline folder / hub repo lists a component (model_index.json or a subfolder)."""
-    local = Path(model)
-    if local.is_dir():
-        return (local / name).is_dir()
+def _looks_like_path(model: str) -> bool:
+    """A hub id is ``owner/name``; anything with a path prefix or more than one ``/`` is meant as a folder."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or Path(model).exists()
+
+
+def _check_folder(model: str) -> None:
+    """A local folder must exist and hold at least ``unet/``; say so before diffusers does, less clearly."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise LodsgsError(f"diffusion model folder {model!r} does not exist; pass a folder in the diffusers layout "
+                          "(unet/, scheduler/, text_encoder/, tokenizer/, vae/ for latent models), a hub id, "
+                          "or --prior shapes")
+    missing = [c for c in ("unet", "scheduler", "text_encoder", "tokenizer") if not (folder / c).is_dir()]
+    if missing:
+        raise LodsgsError(f"diffusion model folder {model!r} has no {', '.join(m + '/' for m in missing)}; "
+                          "it needs the diffusers layout unet/, scheduler/, text_encoder/, tokenizer/ "
+                          "(and vae/ for latent models)")
+
+
+def _has_vae(model: str) -> bool:
+    """Whether the model is a latent one: a ``vae/`` folder, or a ``vae`` entry in the hub's model_index.json."""
+    if Path(model).expanduser().is_dir():
+        return (Path(model).expanduser() / "vae").is_dir()
     from huggingface_hub import hf_hub_download
 
     index = json.loads(Path(hf_hub_download(model, "model_index.json")).read_text())
-    return index.get(name) is not None and index[name][0] is not None
+    return bool(index.get("vae")) and index["vae"][0] is not None
 
 
 def _missing_model_error(model: str, err: Exception) -> LodsgsError:
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    if Path(model).is_dir():
-        return LodsgsError(f"cannot load the diffusion model from folder {model!r}: {str(err).splitlines()[0]}; "
-                           "it needs unet/, scheduler/, text_encoder/, tokenizer/ (and vae/ for latent models)")
+    if Path(model).expanduser().is_dir():
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return LodsgsError(f"cannot load the diffusion model from folder {model!r}: {first}")
     return LodsgsError(
         f"diffusion model {model!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and cannot be downloaded "
-        "here; download it on a machine with network (huggingface-cli download ...) and copy the cache, or point "
-        "at a local diffusers folder with --set prior.model=/path/to/folder, or use the offline prior: --prior shapes"
+        f"here; download it where there is network (`hf download {model}`) and copy the cache, or point at a "
+        "local diffusers folder with --set prior.model=/path/to/folder, or use the offline prior: --prior shapes"
     )
 
 
 class DiffusionPrior(nn.Module):
-    """Frozen UNet + scheduler + text encoder (+ VAE); fp16 on CUDA, fp32 on CPU."""
+    """Frozen UNet + DDPM scheduler + text encoder (+ VAE); fp16 on CUDA, fp32 on CPU."""
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler, text_encoder: CLIPTextModel,
                  tokenizer, vae: AutoencoderKL | None = None, name: str = ""):
         super().__init__()
+        if scheduler.config.prediction_type != "epsilon":
+            raise LodsgsError(f"diffusion model {name or 'given'!r} predicts {scheduler.config.prediction_type!r}; "
+                              "score distillation here needs an epsilon-prediction model (e.g. "
+                              f"{DEFAULT_MODEL}, not the 768 v-prediction stable-diffusion-2-1)")
         self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
         self.scheduler, self.tokenizer, self.name = scheduler, tokenizer, name
         for module in (unet, text_encoder, vae):
@@ -72,19 +97,27 @@ class DiffusionPrior(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: str, device: torch.device | str = "cpu") -> DiffusionPrior:
-        """Load every component from a hub id or a local diffusers folder; one clear error if absent."""
+        """Load every component from a hub id or a local diffusers folder; one clear LodsgsError if absent.
+
+        The scheduler config is always read into a ``DDPMScheduler`` (SD-2.1-base ships a PNDM config):
+        guidance only needs the training noise schedule ᾱ_t, which every scheduler config describes.
+        """
+        if _looks_like_path(model):
+            _check_folder(model)
+            model = str(Path(model).expanduser())
         device = torch.device(device)
         if device.type == "cpu":  # denormal floats (e.g. LoRA/VAE activations near zero) slow CPU math ~30x
             torch.set_flush_denormal(True)
         dtype = torch.float16 if device.type == "cuda" else torch.float32
+        from huggingface_hub.errors import EntryNotFoundError
+
         try:
             unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
             scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
             text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-            vae = (AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
-                   if _has_component(model, "vae") else None)
-        except (OSError, ValueError) as e:  # missing files, offline hub, gated repo
+            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype) if _has_vae(model) else None
+        except (OSError, ValueError, EntryNotFoundError) as e:  # missing files, offline hub, gated or bad repo id
             raise _missing_model_error(model, e) from None
         return cls(unet, scheduler, text_encoder, tokenizer, vae, name=model).to(device)
 
@@ -102,37 +135,49 @@ class DiffusionPrior(nn.Module):
 
     @property
     def image_size(self) -> int:
-        """Render resolution the model sees: UNet sample size, times the VAE factor for latent models."""
+        """Side the model sees: UNet sample_size, times the VAE scale factor (8 for SD) for latent models."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         return self.unet.config.sample_size * factor
 
     @torch.no_grad()
     def encode_text(self, prompt: str) -> Tensor:
-        """Text-encoder hidden states [1, tokens, width] for a prompt, cached."""
+        """Text-encoder hidden states [1, tokens, width] for one prompt, cached by prompt."""
         if prompt not in self._text_cache:
             ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids.to(self.device)
             self._text_cache[prompt] = self.text_encoder(ids)[0]
         return self._text_cache[prompt]
 
+    def view_prompts(self, prompt: str, views: list[str]) -> list[str]:
+        """threestudio's view-dependent prompts: ``"{prompt}, {label} view"`` for front/side/back/overhead."""
+        unknown = sorted(set(views) - set(VIEWS))
+        if unknown:
+            raise ValueError(f"view labels must be among {VIEWS}, got {unknown}")
+        return [f"{prompt}, {v} view" for v in views]
+
     def encode_images(self, images: Tensor) -> Tensor:
-        """Renders [B,H,W,3] in [0,1] -> x0 (VAE latents × scaling factor, or pixels in [-1,1]), with grad."""
+        """Renders [B,H,W,3] in [0,1] -> x0 [B,C,h,w] with grad: VAE latents × scaling_factor, or pixels in [-1,1].
+
+        Latents are the posterior *mean*, not ``latent_dist.sample()`` (threestudio's choice): SD's encoder
+        posterior is narrow, so a sample adds only a little noise to the gradient, while the mean keeps the
+        encode deterministic (exact resume, and tests that recompute the gradient independently).
+        """
         size = self.image_size
-        x = images.permute(0, 3, 1, 2)
+        x = images.permute(0, 3, 1, 2)  # [B,3,H,W]
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
         x = (x * 2 - 1).to(self.dtype)
         if self.vae is None:
             return x
-        # the mean of the posterior, not a sample: the VAE's sampling noise would only add variance to SDS
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Forward diffusion x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPMScheduler.add_noise, per-sample t)."""
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x0.dtype)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, lora_scale: float | None = None) -> Tensor:
-        """ε-prediction in fp32; ``lora_scale`` scales active LoRA adapters (0 disables them)."""
+        """ε_φ(x_t; embeddings, t) in fp32. ``lora_scale`` scales active LoRA adapters (None: adapters at 1)."""
         kwargs = {"scale": lora_scale} if lora_scale is not None else None
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
                         cross_attention_kwargs=kwargs).sample

@@ -37,8 +37,9 @@ def load_extension():
         try:
             from torch.utils.cpp_extension import load
 
-            _ext = load(name="lodsgs_guidance", sources=[str(CUDA_EXT_DIR / "binding.cpp"),
-                                                          str(CUDA_EXT_DIR / "guidance_kernel.cu")], verbose=False)
+            sources = [str(CUDA_EXT_DIR / "binding.cpp"), str(CUDA_EXT_DIR / "guidance_kernel.cu")]
+            _ext = load(name="lodsgs_guidance", sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
+                        verbose=False)
         except Exception as e:  # no toolkit, compiler mismatch, ...
             _ext_failed = True
             warnings.warn(f"lodsgs: fused CUDA guidance kernel unavailable ({type(e).__name__}: "

@@ -1,129 +1,169 @@
 """Score-distillation guidance: SDS, LODS with a learnable unconditional embedding, LODS with LoRA.
 
-One interface: ``guidance(images, views, step)`` returns a loss whose gradient w.r.t. the images is the
-method's gradient, and ``prior_loss``, the denoising loss that trains the prior's learnable parameters.
-The caller adds them, calls backward once and steps every optimizer once (the official LODS code's
-single joint step; see shared/reference/lods.md §3 and §10).
+One interface: ``guidance(images, views, step)`` returns ``loss``, whose gradient w.r.t. the images is the
+method's gradient chained through ``encode_images``, and ``prior_loss``, the denoising loss that trains
+only the prior's learnable parameters (α or ψ). The caller adds them, calls backward once and steps every
+optimizer once: the official LODS code's single joint step (shared/reference/lods.md §3, §6, §10).
+
+CFG convention (threestudio's): ε_cfg = ε_u + ω(ε_c − ε_u), so ω = 1 is the plain conditional model.
+  sds             g = w(t)·(ε_cfg − ε),              ε_u from the fixed negative-prompt embedding
+  lods-embedding  g = w(t)·(ε_cfg − ε)/ω,            ε_u from a learned embedding α (init: negative prompt)
+  lods-lora       g = w(t)·(ε_cfg − ε)/ω,            ε_u from the UNet + LoRA ψ at scale 0.5, negative prompt
+with w(t) = 1 − ᾱ_t and t ~ U{t_min..t_max} per sample. α / ψ learn by the plain ε-MSE on the detached
+x0 with their own t ~ U{0..T−1} and noise, no CFG (lods.md §3). The guidance scale is not chosen per
+method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000, the paper's text-to-3D value).
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.fused import guidance_loss
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+METHODS = ("sds", "lods-embedding", "lods-lora")
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, self- and cross-attention
 ADAPTER = "lods"
+ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods.md §3)
 
 
 @dataclass
 class GuidanceConfig:
-    """Guidance settings; presets hold the paper's values (ω 1000 for LODS, 100 for SDS)."""
+    """Guidance settings; defaults are LODS-3DGS's (lods.md §7.2), presets hold each method's values."""
 
     method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
-    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it
-    negative_prompt: str = ""  # also the learnable embedding's initial value and LoRA's condition
-    view_dependent: bool = True  # append ", front view" etc. to the prompt from the camera
-    min_step_percent: float = 0.02
-    max_step_percent: float = 0.98
+    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
+    negative_prompt: str = ""  # unconditional branch; α's initial value and LoRA's condition (presets choose)
+    view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
+    min_step_percent: float = 0.02  # t_min = 0.02·T
+    max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
     anneal_after_step: int = 500  # after this step t_max drops (LODS-3DGS: 0.98 -> 0.55); 0 = never
     max_step_percent_after: float = 0.55
-    embedding_lr: float = 1e-4  # LODS-3DGS (Adam, no weight decay)
-    lora_lr: float = 5e-7  # LODS-NeRF's LoRA lr
+    embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
+    lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
     lora_rank: int = 4
-    lora_scale: float = 0.5  # LoRA weight on the unconditional branch
-    prior_loss_weight: float = 1.0
+    lora_scale: float = 0.5  # LoRA weight on the unconditional branch (and in its training)
+    prior_loss_weight: float = 1.0  # λ on the ε-MSE that trains α / ψ
 
 
 @dataclass
 class GuidanceOutput:
-    loss: Tensor  # scalar; d loss / d images = the method's gradient
-    prior_loss: Tensor  # scalar; trains only the learnable embedding / LoRA
-    logs: dict[str, float] = field(default_factory=dict)
+    loss: Tensor  # scalar 0.5·||g||²/B; d loss / d images = g/B chained through encode_images
+    prior_loss: Tensor  # scalar; trains only α / ψ (a 0-tensor for sds)
+    logs: dict[str, float] = field(default_factory=dict)  # t, t_max, grad_norm, sds, prior_loss
 
 
-class Guidance:
-    """The guidance of one prompt, with its learnable parameters and its own seeded noise generator."""
+class Guidance(nn.Module):
+    """The guidance of one prompt: its learnable α or ψ and its own seeded noise generator.
+
+    ``parameters()`` also lists the frozen prior's; optimize ``param_groups()`` instead, and checkpoint with
+    ``state_dict()``, which holds only α / ψ and the generator state (so a resumed run draws the same t, ε).
+    Set ``timings = {}`` to accumulate per-section seconds (CUDA-synchronized) for benchmarks.
+    """
 
     def __init__(self, prior: DiffusionPrior, cfg: GuidanceConfig, prompt: str, seed: int = 0):
+        super().__init__()
+        if cfg.method not in METHODS:
+            raise LodsgsError(f"unknown guidance method {cfg.method!r}; valid: {', '.join(METHODS)}")
+        if cfg.guidance_scale <= 0:
+            raise LodsgsError(f"guidance_scale must be > 0, got {cfg.guidance_scale}")
         self.prior, self.cfg, self.prompt = prior, cfg, prompt
         self.generator = torch.Generator(device=prior.device).manual_seed(seed)
-        self.negative = prior.encode_text(cfg.negative_prompt)
-        self.embedding: Tensor | None = None
-        self.lora: list[Tensor] = []
-        _remove_adapters(prior)  # a prior shared across runs must start clean
-        if cfg.method == "lods-embedding":
-            # α: the text-encoder output of the negative prompt, shared by every view, trained in fp32
-            self.embedding = torch.nn.Parameter(self.negative.detach().float().clone())
+        self.negative = prior.encode_text(cfg.negative_prompt)  # [1, tokens, width]
+        self.timings: dict[str, float] | None = None
+        self.register_parameter("embedding", None)
+        self.lora: list[nn.Parameter] = []
+        _remove_adapters(prior)  # a prior shared across runs (batch, eval) must start clean
+        if cfg.method == "lods-embedding":  # α: text-encoder OUTPUT of the negative prompt, one for all views
+            self.embedding = nn.Parameter(self.negative.detach().float().clone())
         elif cfg.method == "lods-lora":
             self.lora = _add_lora(prior, cfg.lora_rank)
 
     # --- what the caller optimizes and checkpoints ---------------------------------------------------
     def param_groups(self) -> list[dict]:
+        """Adam groups for α or ψ (lr, betas (0.9, 0.99), eps 1e-15, no weight decay); [] for sds."""
         if self.embedding is not None:
-            return [{"params": [self.embedding], "lr": self.cfg.embedding_lr, "weight_decay": 0.0}]
+            return [{"params": [self.embedding], "lr": self.cfg.embedding_lr, **ADAM}]
         if self.lora:
-            return [{"params": self.lora, "lr": self.cfg.lora_lr, "weight_decay": 0.0}]
+            return [{"params": self.lora, "lr": self.cfg.lora_lr, **ADAM}]
         return []
 
-    def state_dict(self) -> dict:
-        return {"embedding": None if self.embedding is None else self.embedding.detach().clone(),
+    def state_dict(self) -> dict:  # type: ignore[override]
+        return {"method": self.cfg.method,
+                "embedding": None if self.embedding is None else self.embedding.detach().clone(),
                 "lora": [p.detach().clone() for p in self.lora], "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # type: ignore[override]
+        if state.get("method", self.cfg.method) != self.cfg.method:
+            raise LodsgsError(f"checkpoint was made with guidance {state['method']!r}, not {self.cfg.method!r}")
         with torch.no_grad():
             if self.embedding is not None:
                 self.embedding.copy_(state["embedding"])
             for p, saved in zip(self.lora, state["lora"], strict=True):
                 p.copy_(saved)
-        self.generator.set_state(state["generator"].cpu() if self.generator.device.type == "cpu"
-                                 else state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # CPU and CUDA generators both take a CPU state
 
     # --- one step ------------------------------------------------------------------------------------
     def t_range(self, step: int) -> tuple[int, int]:
+        """[t_min, t_max] (inclusive) at this step: t_max drops after ``anneal_after_step``."""
         c, T = self.cfg, self.prior.num_timesteps
         late = 0 < c.anneal_after_step < step
         hi = c.max_step_percent_after if late else c.max_step_percent
         return int(c.min_step_percent * T), int(hi * T)
 
     def text_embeddings(self, views: list[str]) -> Tensor:
-        prompts = [f"{self.prompt}, {v} view" if self.cfg.view_dependent else self.prompt for v in views]
+        """Conditional embeddings [B, tokens, width], view-dependent when configured."""
+        prompts = self.prior.view_prompts(self.prompt, views) if self.cfg.view_dependent else [self.prompt] * len(views)
         return torch.cat([self.prior.encode_text(p) for p in prompts])
 
-    def __call__(self, images: Tensor, views: list[str], step: int) -> GuidanceOutput:
-        prior, cfg, g = self.prior, self.cfg, self.generator
+    def forward(self, images: Tensor, views: list[str], step: int) -> GuidanceOutput:
+        """images [B,H,W,3] in [0,1] (with grad), one view label per image, the optimization step."""
+        prior, cfg, gen = self.prior, self.cfg, self.generator
         lods = cfg.method != "sds"
-        x0 = prior.encode_images(images)
+        with self._timed("encode"):
+            x0 = prior.encode_images(images)  # [B,C,h,w], grad flows to the renders
         B, dev = x0.shape[0], x0.device
-        prior_loss = self._prior_loss(x0.detach()) if lods else torch.zeros((), device=dev)
-        t_lo, t_hi = self.t_range(step)
-        t = torch.randint(t_lo, t_hi + 1, (B,), generator=g, device=dev)
-        noise = torch.randn(x0.shape, generator=g, device=dev, dtype=torch.float32)
-        with torch.no_grad():
-            x_t = prior.add_noise(x0.detach().float(), noise, t)
+        with self._timed("text"):
             cond = self.text_embeddings(views)
-            uncond = (self.embedding.detach() if self.embedding is not None else self.negative).expand(B, -1, -1)
-            if self.lora:  # conditional branch on the pristine model, unconditional with LoRA
-                prior.unet.disable_adapters()
-                eps_c = prior.predict_noise(x_t, t, cond)
-                prior.unet.enable_adapters()
-                eps_u = prior.predict_noise(x_t, t, uncond, lora_scale=cfg.lora_scale)
-            else:
-                eps_c, eps_u = prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                                   torch.cat([cond, uncond.to(cond.dtype)])).chunk(2)
-        w = 1.0 - prior.alphas_cumprod[t]
-        loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
-        logs = {"t": float(t.float().mean()), "sds": float(loss.detach()), "prior_loss": float(prior_loss.detach())}
+        with self._timed("prior_loss"):  # first, like the official code; same α / ψ as the SDS branch below
+            prior_loss = self._prior_loss(x0.detach()) if lods else torch.zeros((), device=dev)
+        t_lo, t_hi = self.t_range(step)
+        t = torch.randint(t_lo, t_hi + 1, (B,), generator=gen, device=dev)
+        noise = torch.randn(x0.shape, generator=gen, device=dev, dtype=torch.float32)
+        with self._timed("unet"), torch.no_grad():
+            eps_c, eps_u = self._noise_predictions(prior.add_noise(x0.detach().float(), noise, t), t, cond)
+        with self._timed("fused"):
+            w = 1.0 - prior.alphas_cumprod[t]  # [B]
+            loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
+        sds, p_loss, t_mean = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean()]).tolist()
+        logs = {"t": t_mean, "t_max": float(t_hi), "grad_norm": (2 * B * sds) ** 0.5, "sds": sds, "prior_loss": p_loss}
         return GuidanceOutput(loss, prior_loss, logs)
 
+    def _noise_predictions(self, x_t: Tensor, t: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """(ε_c, ε_u): one batched UNet call, or for LoRA the pristine model then the LoRA-carrying one."""
+        B, unet = x_t.shape[0], self.prior.unet
+        if self.lora:
+            unet.disable_adapters()
+            try:
+                eps_c = self.prior.predict_noise(x_t, t, cond)
+            finally:
+                unet.enable_adapters()
+            eps_u = self.prior.predict_noise(x_t, t, self.negative.expand(B, -1, -1), lora_scale=self.cfg.lora_scale)
+            return eps_c, eps_u
+        uncond = (self.embedding.detach() if self.embedding is not None else self.negative).expand(B, -1, -1)
+        both = self.prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond.to(cond)]))
+        return both.chunk(2)
+
     def _prior_loss(self, x0: Tensor) -> Tensor:
-        """Plain ε-prediction loss on detached renders, t ~ U{0..T-1}, its own noise, no CFG."""
+        """Plain ε-MSE on the detached x0, t ~ U{0..T−1}, its own noise, no CFG: grads reach α / ψ only."""
         B, dev = x0.shape[0], x0.device
         t = torch.randint(0, self.prior.num_timesteps, (B,), generator=self.generator, device=dev)
         noise = torch.randn(x0.shape, generator=self.generator, device=dev, dtype=torch.float32)
@@ -134,20 +174,35 @@ class Guidance:
             pred = self.prior.predict_noise(x_t, t, self.negative.expand(B, -1, -1), lora_scale=self.cfg.lora_scale)
         return self.cfg.prior_loss_weight * F.mse_loss(pred, noise)
 
+    @contextmanager
+    def _timed(self, name: str):
+        """Add the section's wall time to ``self.timings[name]`` when timing is on (syncing CUDA)."""
+        if self.timings is None:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.prior.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
 
 def _remove_adapters(prior: DiffusionPrior) -> None:
     if getattr(prior.unet, "peft_config", None):
         prior.unet.delete_adapters(list(prior.unet.peft_config))
 
 
-def _add_lora(prior: DiffusionPrior, rank: int) -> list[Tensor]:
-    """Fresh rank-r LoRA on every attention projection (A Gaussian, B zero: starts at the base model)."""
+def _add_lora(prior: DiffusionPrior, rank: int) -> list[nn.Parameter]:
+    """Fresh rank-r LoRA on every attention projection: A ~ N(0, (1/r)²), B = 0, so it starts at the base model."""
     from peft import LoraConfig
 
     prior.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                       target_modules=LORA_TARGETS), adapter_name=ADAPTER)
     params = [p for n, p in prior.unet.named_parameters() if "lora_" in n]
     for p in params:
-        p.data = p.data.float()  # train in fp32 even when the UNet runs in fp16
+        p.data = p.data.float()  # train in fp32 even when the UNet runs in fp16 (peft casts the input)
         p.requires_grad_(True)
     return params

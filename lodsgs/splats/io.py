@@ -1,9 +1,11 @@
 """Splat files: INRIA 3DGS ``.ply`` (write + exact read) and antimatter15 ``.splat``.
 
-Inside lodsgs the world is y-up. Files use the INRIA/COLMAP convention (y down) that web viewers
-assume (SuperSplat turns every splat 180° about z to show captures upright), so writing rotates the
-scene 180° about x: p' = (x, -y, -z), q' = (0,1,0,0) ⊗ q, and SH coefficients of the bands that are odd
-under (y, z) -> (-y, -z) change sign. Reading undoes it, so a round trip is exact.
+Inside lodsgs the world is y-up (OpenGL style). Files use the INRIA/COLMAP convention (y down) that web
+viewers assume (SuperSplat turns every splat 180° about z to show captures upright), so by default
+(``Y_UP_TO_FILE``) writing rotates the scene 180° about x: p' = (x, -y, -z), q' = (0,1,0,0) ⊗ q = (-x, w, -z, y)
+in wxyz, and the SH coefficients of the bands odd under (y, z) -> (-y, -z) change sign (``SH_FLIP``).
+Every step is a sign flip or a permutation, so reading undoes it bit for bit.
+See shared/reference/viewers.md §1.1-1.2 for both layouts.
 """
 
 from __future__ import annotations
@@ -13,150 +15,184 @@ from pathlib import Path
 import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
+from torch import Tensor
 
 from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import SH_C0, Splats, num_sh_bases
 
-# sign of each non-DC SH basis (gsplat / 3DGS order) under the 180° rotation about x: (x, y, z) -> (x, -y, -z)
+Y_UP_TO_FILE = True  # files are written y-down (INRIA/COLMAP) from our y-up world, and read back y-up
+
+# sign of each non-DC SH basis (gsplat / 3DGS order) under the 180° rotation about x, (x, y, z) -> (x, -y, -z):
+# l=1 (y, z, x); l=2 (xy, yz, 3z²-1, xz, x²-y²); l=3 (y(3x²-y²), xyz, y(5z²-1), z(5z²-3), x(5z²-1), z(x²-y²),
+# x(x²-3y²)). Checked numerically against gsplat's _spherical_harmonics in tests/test_io.py.
 SH_FLIP = torch.tensor([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], dtype=torch.float32)
-QUAT_FLIP = torch.tensor([0.0, 1.0, 0.0, 0.0])  # 180° about x, wxyz
+SH_DEGREE_OF_REST = {0: 0, 9: 1, 24: 2, 45: 3}  # number of f_rest_* properties -> SH degree
+SPLAT_PROPS = ("f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+               "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of wxyz quaternions."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
-def flip_yz(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rotate raw splat parameters 180° about x (its own inverse up to the quaternion sign)."""
+def flip_yz(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rotate raw splat parameters 180° about x (y-up world -> y-down file); exact sign flips only."""
     out = dict(params)
     out["means"] = params["means"] * torch.tensor([1.0, -1.0, -1.0])
-    out["quats"] = quat_multiply(QUAT_FLIP.expand_as(params["quats"]), params["quats"])
-    k = params["shN"].shape[1]
-    out["shN"] = params["shN"] * SH_FLIP[:k, None]
+    w, x, y, z = params["quats"].unbind(-1)
+    out["quats"] = torch.stack([-x, w, -z, y], -1)  # (0,1,0,0) ⊗ (w,x,y,z), Hamilton product
+    out["shN"] = params["shN"] * SH_FLIP[: params["shN"].shape[1], None]
     return out
 
 
-def unflip_yz(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = flip_yz(params)
-    out["quats"] = -out["quats"]  # (0,1,0,0)² = -1: undo exactly, keeping the original sign
+def unflip_yz(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of ``flip_yz`` (y-down file -> y-up world), bit-exact, keeping the quaternion's sign."""
+    out = dict(params)
+    out["means"] = params["means"] * torch.tensor([1.0, -1.0, -1.0])
+    a, b, c, d = params["quats"].unbind(-1)
+    out["quats"] = torch.stack([b, -a, d, -c], -1)
+    out["shN"] = params["shN"] * SH_FLIP[: params["shN"].shape[1], None]
     return out
 
 
-def _properties(k_rest: int) -> list[str]:
+def ply_properties(k_rest: int) -> list[str]:
+    """INRIA vertex property names for ``k_rest`` non-DC SH bases, in file order."""
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
             + [f"f_rest_{i}" for i in range(3 * k_rest)]
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def write_ply(splats: Splats, path: Path, sh_degree: int | None = None) -> None:
-    """INRIA layout, binary little endian, float32; ``sh_degree`` above the splats' pads zero bands."""
+def _file_params(splats: Splats, y_up_to_file: bool) -> dict[str, Tensor]:
+    p = {k: v.detach().cpu().float() for k, v in splats.params.items()}
+    return flip_yz(p) if y_up_to_file else p
+
+
+def write_ply(splats: Splats, path: Path | str, sh_degree: int | None = None,
+              y_up_to_file: bool = Y_UP_TO_FILE) -> None:
+    """INRIA layout, binary little endian, all float32; ``sh_degree`` above the splats' pads zero bands
+    (the "ply-sh3" export: some viewers reject degree-0 files)."""
     degree = splats.sh_degree if sh_degree is None else sh_degree
-    if degree < splats.sh_degree:
-        raise ValueError(f"cannot write SH degree {degree} for splats of degree {splats.sh_degree}")
-    p = flip_yz({k: v.detach().cpu().float() for k, v in splats.params.items()})
+    if not splats.sh_degree <= degree <= 3:
+        raise ValueError(f"sh_degree must be in {splats.sh_degree}..3 for these splats, got {degree}")
+    p = _file_params(splats, y_up_to_file)
     n, k_rest = splats.num, num_sh_bases(degree) - 1
     rest = torch.zeros(n, k_rest, 3)
     rest[:, : p["shN"].shape[1]] = p["shN"]
-    columns = [p["means"], torch.zeros(n, 3), p["sh0"][:, 0], rest.transpose(1, 2).reshape(n, -1),
+    columns = [p["means"], torch.zeros(n, 3), p["sh0"][:, 0],
+               rest.transpose(1, 2).reshape(n, 3 * k_rest),  # channel-major: f_rest_{c*K + k}
                p["opacities"][:, None], p["scales"], p["quats"]]
-    values = torch.cat(columns, dim=1).numpy().astype("<f4")
-    names = _properties(k_rest)
-    vertex = np.empty(n, dtype=[(name, "<f4") for name in names])
-    for i, name in enumerate(names):
+    values = torch.cat(columns, dim=1).numpy()  # [N, 17 + 3K] float32
+    vertex = np.empty(n, dtype=[(name, "<f4") for name in ply_properties(k_rest)])
+    for i, name in enumerate(vertex.dtype.names):
         vertex[name] = values[:, i]
-    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(str(path))
+    _write(path, lambda f: PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(f))
 
 
-def read_ply(path: Path) -> Splats:
-    """Read a splat .ply written in the INRIA layout (any SH degree), or a plain point cloud (x y z [rgb])."""
+def read_ply(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
+    """A splat .ply in the INRIA layout (SH degree from the f_rest count), or a plain point cloud
+    (x y z, optional red green blue) as initial splats. Problems raise a one-line LodsgsError."""
     path = Path(path)
+    vertex = _read_vertex(path)
+    names = set(vertex.dtype.names)
+    if not {"x", "y", "z"} <= names:
+        raise LodsgsError(f"cannot read {str(path)!r}: its vertex element has no x, y, z properties")
+    if not names & set(SPLAT_PROPS):
+        return _point_cloud(path, vertex, names, y_up_to_file)
+    missing = [name for name in SPLAT_PROPS if name not in names]
+    if missing:
+        raise LodsgsError(f"cannot read {str(path)!r}: splat properties missing: {', '.join(missing)}")
+    n_rest = sum(name.startswith("f_rest_") for name in names)
+    if n_rest not in SH_DEGREE_OF_REST or not {f"f_rest_{i}" for i in range(n_rest)} <= names:
+        raise LodsgsError(f"cannot read {str(path)!r}: f_rest properties are not f_rest_0..f_rest_K-1 with "
+                          f"K = 0, 9, 24 or 45 (found {n_rest})")
+    n, k_rest = len(vertex), n_rest // 3
+
+    def cols(*keys: str) -> Tensor:  # [N, len(keys)]
+        return torch.from_numpy(np.stack([np.asarray(vertex[k], dtype=np.float32) for k in keys], -1)
+                                if keys else np.zeros((n, 0), np.float32))
+
+    params = {
+        "means": cols("x", "y", "z"),
+        "scales": cols("scale_0", "scale_1", "scale_2"),
+        "quats": cols("rot_0", "rot_1", "rot_2", "rot_3"),
+        "opacities": cols("opacity")[:, 0],
+        "sh0": cols("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
+        "shN": cols(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k_rest).transpose(1, 2),
+    }
+    if not all(torch.isfinite(v).all() for v in params.values()):
+        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite values")
+    return Splats(unflip_yz(params) if y_up_to_file else params, sh_degree=SH_DEGREE_OF_REST[n_rest])
+
+
+def _read_vertex(path: Path) -> np.ndarray:
+    """The ``vertex`` element of a PLY file as a numpy structured array, or a one-line LodsgsError."""
     if not path.is_file():
         raise LodsgsError(f"cannot read {str(path)!r}: no such file")
     try:
-        ply = PlyData.read(str(path))
-        vertex = ply["vertex"].data
-    except Exception as e:  # plyfile raises many types for truncated / foreign files
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        ply = PlyData.read(str(path), mmap=False)
+    except Exception as e:  # plyfile raises several types for truncated or foreign files
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise LodsgsError(f"cannot read {str(path)!r}: not a valid PLY file ({reason})") from None
-    names = set(vertex.dtype.names or ())
-    if not {"x", "y", "z"} <= names:
-        raise LodsgsError(f"cannot read {str(path)!r}: the vertex element has no x, y, z properties")
+    if "vertex" not in [el.name for el in ply.elements]:
+        raise LodsgsError(f"cannot read {str(path)!r}: the PLY has no vertex element")
+    vertex = ply["vertex"].data
+    if vertex.dtype.names is None or any(vertex.dtype[k].shape or vertex.dtype[k].kind == "O"
+                                         for k in vertex.dtype.names if k in ("x", "y", "z", *SPLAT_PROPS)):
+        raise LodsgsError(f"cannot read {str(path)!r}: vertex properties must be scalars")
+    return vertex
+
+
+def _point_cloud(path: Path, vertex: np.ndarray, names: set[str], y_up_to_file: bool) -> Splats:
+    """A point cloud PLY (a scan, a mesh's vertices) as initial splats, with its colours if present."""
     if len(vertex) == 0:
-        raise LodsgsError(f"cannot read {str(path)!r}: it holds no vertices")
-
-    def col(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(vertex[name], dtype=np.float32).copy())
-
-    xyz = torch.stack([col(c) for c in "xyz"], -1)
-    splat_props = {"f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-                   "rot_0", "rot_1", "rot_2", "rot_3"}
-    if not splat_props & names:
-        return _point_cloud(path, vertex, xyz, names)
-    missing = sorted(splat_props - names)
-    if missing:
-        raise LodsgsError(f"cannot read {str(path)!r}: splat properties missing: {', '.join(missing)}")
-    n_rest = len([n for n in names if n.startswith("f_rest_")])
-    degrees = {0: 0, 9: 1, 24: 2, 45: 3}
-    if n_rest not in degrees:
-        raise LodsgsError(f"cannot read {str(path)!r}: {n_rest} f_rest properties (expected 0, 9, 24 or 45)")
-    k_rest = n_rest // 3
-    rest = torch.stack([col(f"f_rest_{i}") for i in range(n_rest)], -1) if n_rest else torch.zeros(len(xyz), 0)
-    params = {
-        "means": xyz,
-        "sh0": torch.stack([col(f"f_dc_{i}") for i in range(3)], -1)[:, None, :],
-        "shN": rest.reshape(len(xyz), 3, k_rest).transpose(1, 2),
-        "opacities": col("opacity"),
-        "scales": torch.stack([col(f"scale_{i}") for i in range(3)], -1),
-        "quats": torch.stack([col(f"rot_{i}") for i in range(4)], -1),
-    }
-    params = unflip_yz(params)
-    if not all(torch.isfinite(v).all() for v in params.values()):
-        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite values")
-    return Splats(params, sh_degree=degrees[n_rest])
-
-
-def _point_cloud(path: Path, vertex, xyz: torch.Tensor, names: set[str]) -> Splats:
-    """A point cloud PLY (e.g. from a mesh or a scanner) as initial splats; colours if present."""
+        raise LodsgsError(f"cannot read {str(path)!r}: the point cloud has no points")
+    xyz = torch.from_numpy(np.stack([np.asarray(vertex[k], dtype=np.float32) for k in "xyz"], -1))
+    if not torch.isfinite(xyz).all():
+        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite positions")
+    if y_up_to_file:
+        xyz = xyz * torch.tensor([1.0, -1.0, -1.0])
     rgb = None
     for keys in (("red", "green", "blue"), ("r", "g", "b")):
         if set(keys) <= names:
             raw = np.stack([np.asarray(vertex[k], dtype=np.float32) for k in keys], -1)
-            scale = 255.0 if vertex[keys[0]].dtype.kind in "ui" or raw.max() > 1.0 else 1.0
-            rgb = torch.from_numpy(raw / scale)
-    xyz = xyz * torch.tensor([1.0, -1.0, -1.0])  # files are y-down
-    if not torch.isfinite(xyz).all():
-        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite positions")
+            integer = vertex[keys[0]].dtype.kind in "ui" or raw.max() > 1.0  # uchar 0..255, else float 0..1
+            rgb = torch.from_numpy(raw / 255.0 if integer else raw)
+            break
     return Splats.from_points(xyz, rgb)
 
 
-SPLAT_DTYPE = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
+SPLAT_DTYPE = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])  # 32 B
 
 
-def write_splat(splats: Splats, path: Path) -> None:
-    """antimatter15 .splat: 32 bytes a splat, no SH, sorted by size × opacity (largest first) as viewers do."""
-    p = flip_yz({k: v.detach().cpu().float() for k, v in splats.params.items()})
+def write_splat(splats: Splats, path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> None:
+    """antimatter15 .splat: 32 bytes a splat, no SH, largest exp(Σ log-scale)·opacity first as antimatter15's
+    convert.py sorts. Bytes are rounded, so decoding is within 0.5/255 (colour, alpha), 1/128 (quat)."""
+    p = _file_params(splats, y_up_to_file)
     opacity = torch.sigmoid(p["opacities"])
     order = torch.argsort(-(p["scales"].sum(-1).exp() * opacity), stable=True)
-    rgb = (0.5 + SH_C0 * p["sh0"][:, 0]).clamp(0, 1)
-    rgba = torch.cat([rgb, opacity[:, None]], -1)
+    rgba = torch.cat([(0.5 + SH_C0 * p["sh0"][:, 0]), opacity[:, None]], -1)
     q = torch.nn.functional.normalize(p["quats"], dim=-1)
     out = np.empty(splats.num, dtype=SPLAT_DTYPE)
     out["pos"] = p["means"][order].numpy()
     out["scale"] = p["scales"][order].exp().numpy()
     out["rgba"] = (rgba[order] * 255).round().clamp(0, 255).byte().numpy()
     out["rot"] = (q[order] * 128 + 128).round().clamp(0, 255).byte().numpy()
-    out.tofile(str(path))
+    _write(path, lambda f: out.tofile(f))
 
 
-def read_splat(path: Path) -> dict[str, np.ndarray]:
-    """Decode a .splat file (file convention, y down): positions, scales, rgba in [0,1], unit-ish quats."""
-    raw = Path(path).read_bytes()
+def read_splat(path: Path | str) -> dict[str, np.ndarray]:
+    """Decode a .splat file as stored (file convention, y down): means, scales (linear), rgba in [0, 1],
+    quats (wxyz, about unit)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LodsgsError(f"cannot read {str(path)!r}: no such file")
+    raw = path.read_bytes()
     if len(raw) % SPLAT_DTYPE.itemsize:
-        raise LodsgsError(f"cannot read {str(path)!r}: size is not a multiple of 32 bytes")
+        raise LodsgsError(f"cannot read {str(path)!r}: {len(raw)} bytes is not a multiple of 32 (not a .splat?)")
     data = np.frombuffer(raw, dtype=SPLAT_DTYPE)
-    return {"means": data["pos"].copy(), "scales": data["scale"].copy(), "rgba": data["rgba"] / 255.0,
-            "quats": (data["rot"].astype(np.float32) - 128) / 128}
+    return {"means": data["pos"].copy(), "scales": data["scale"].copy(),
+            "rgba": data["rgba"].astype(np.float32) / 255, "quats": (data["rot"].astype(np.float32) - 128) / 128}
+
+
+def _write(path: Path | str, write) -> None:
+    """Run ``write(str(path))``, turning an unwritable destination into a one-line LodsgsError."""
+    try:
+        write(str(path))
+    except OSError as e:
+        raise LodsgsError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
