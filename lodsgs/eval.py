@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from lodsgs.cameras import orbit_cameras
-from lodsgs.config import Config
 from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
@@ -120,11 +119,11 @@ def run_eval(
         raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
     result = EvalResult()
     out.mkdir(parents=True, exist_ok=True)
+    cfgs = {v: load_config(config, ["prior.model=shapes", *base_overrides, *o]) for v, o in variants.items()}
     prior = None
-    for variant, overrides in variants.items():
-        cfg: Config = load_config(config, ["prior.model=shapes", *base_overrides, *overrides])
-        folder = out / variant
-        for caption in captions:
+    for caption in captions:  # caption-major, so an interrupted eval already compares every method
+        for variant, cfg in cfgs.items():
+            folder = out / variant
             run_dir = folder / run_name(caption, cfg.run.seed)
             if not (run_dir / "metrics.json").exists():
                 prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
