@@ -1,7 +1,7 @@
 """Train the shapes prior: a pixel-space text-conditioned UNet + small CLIP text encoder, from scratch.
 
-``python -m lodsgs.prior.shapes.train --out DIR --minutes 45 [--resume]``: seeded, resumable (checkpoint
-every few minutes), bounded by wall-clock time, and saved in the diffusers folder layout that
+``python -m lodsgs.prior.shapes.train --out DIR --minutes 45 [--resume] [--init WEIGHTS]``: seeded,
+resumable (checkpoint every few minutes), bounded by wall-clock time, and saved in the diffusers folder layout that
 ``DiffusionPrior`` loads exactly like Stable Diffusion (no ``vae/``: the pixel-space path).
 """
 
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--views", type=int, default=96)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="warm-start from an exported weights folder (fresh optimizer), e.g. the shipped prior")
     args = ap.parse_args(argv)
     from rich.progress import Progress
 
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     images = data["images"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
     tokenizer = build_tokenizer()
     unet, text = build_models(len(tokenizer))
+    if args.init is not None:
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init / "unet").float().state_dict())
+        text.load_state_dict(CLIPTextModel.from_pretrained(args.init / "text_encoder").float().state_dict())
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
