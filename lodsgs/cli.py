@@ -226,10 +226,37 @@ def prior_train_shapes(
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 50.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's checkpoint.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    init: Annotated[Path | None, typer.Option(help="Warm-start from an exported prior folder.")] = None,
 ) -> None:
     """Train the offline shapes prior on the procedural world (about an hour on 2 CPU cores)."""
     from lodsgs.prior.shapes import train
-    train.main(["--out", str(out), "--minutes", str(minutes), "--seed", str(seed)] + (["--resume"] if resume else []))
+    argv = ["--out", str(out), "--minutes", str(minutes), "--seed", str(seed)] + (["--resume"] if resume else [])
+    train.main(argv + (["--init", str(init)] if init else []))
+
+
+@prior_app.command("sanity", epilog="**Example**\n\n    lodsgs prior sanity --caption 'a red cube' --json sanity.json")
+@friendly
+def prior_sanity(
+    caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption (repeatable); default all.")] = None,
+    model: Annotated[str, typer.Option(help="Prior name or folder.")] = "shapes",
+    n: Annotated[int, typer.Option(help="Samples per caption.")] = 4,
+    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale of the DDIM samples.")] = 3.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows as JSON.")] = None,
+) -> None:
+    """Sample the shapes prior itself (DDIM + CFG) and score samples against ground-truth renders."""
+    import json
+
+    from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
+    from lodsgs.prior.shapes.sanity import sanity_report
+    prior = DiffusionPrior.from_pretrained(str(resolve_model(model)))
+    rows = sanity_report(prior, caption or None, n=n, cfg=cfg)
+    typer.echo("| caption | nearest-view MSE | colour match |\n|---|---|---|")
+    for r in rows:
+        typer.echo(f"| {r['caption']} | {r['nearest_view_mse']:.4f} | {r['color_match']:.2f} |")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("nearest_view_mse", "color_match")}
+    typer.echo(f"| **mean of {len(rows)}** | {mean['nearest_view_mse']:.4f} | {mean['color_match']:.2f} |")
+    if json_out:
+        json_out.write_text(json.dumps({"rows": rows, "mean": mean, "n": n, "cfg": cfg}, indent=2))
 
 
 @app.command("eval", epilog="""**Examples**

@@ -100,3 +100,20 @@ def test_short_generation_matches_the_caption(tmp_path):
 
 
 IOU_THRESHOLD = 0.3  # set from the measured eval (see README): random-ball init alone scores ~0.1
+
+
+@pytest.mark.slow
+def test_prior_sanity_command_reports_each_caption(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lodsgs.cli import app
+    out = tmp_path / "sanity.json"
+    result = CliRunner().invoke(app, ["prior", "sanity", "--caption", "a red cube", "--caption", "a blue torus",
+                                      "--n", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| a red cube |" in result.output and "| a blue torus |" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["caption"] for r in rows] == ["a red cube", "a blue torus"]
+    assert all(0 <= r["color_match"] <= 1 and r["nearest_view_mse"] > 0 for r in rows)

@@ -44,13 +44,13 @@ def nearest_color_name(rgb: torch.Tensor) -> str:
 
 @torch.no_grad()
 def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: int = 4, gt_views: int = 48,
-                  seed: int = 0) -> list[dict]:
+                  seed: int = 0, cfg: float = 3.0) -> list[dict]:
     """Per caption: nearest-view MSE of samples against ground-truth renders, and dominant-colour match."""
     rows = []
     g = torch.Generator().manual_seed(seed)
     cam_cfg = world.SHAPES_CAMERAS
     for caption in captions or world.captions():
-        samples = sample(prior, caption, n=n, seed=seed)
+        samples = sample(prior, caption, n=n, seed=seed, cfg=cfg)
         cams = sample_cameras(cam_cfg, gt_views, g)
         gt = render(world.build_object(caption), cams, background=world.BACKGROUND).rgb.clamp(0, 1)
         mse = ((samples[:, None] - gt[None]) ** 2).mean((2, 3, 4)).min(1).values
