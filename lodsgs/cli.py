@@ -250,11 +250,12 @@ def prior_sanity(
     from lodsgs.prior.shapes.sanity import sanity_report
     prior = DiffusionPrior.from_pretrained(str(resolve_model(model)))
     rows = sanity_report(prior, caption or None, n=n, cfg=cfg)
-    typer.echo("| caption | nearest-view MSE | colour match |\n|---|---|---|")
+    keys = ("nearest_view_mse", "color_match", "background_error")
+    typer.echo("| caption | nearest-view MSE | colour match | background error |\n|---|---|---|---|")
     for r in rows:
-        typer.echo(f"| {r['caption']} | {r['nearest_view_mse']:.4f} | {r['color_match']:.2f} |")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("nearest_view_mse", "color_match")}
-    typer.echo(f"| **mean of {len(rows)}** | {mean['nearest_view_mse']:.4f} | {mean['color_match']:.2f} |")
+        typer.echo(f"| {r['caption']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    typer.echo(f"| **mean of {len(rows)}** | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + " |")
     if json_out:
         json_out.write_text(json.dumps({"rows": rows, "mean": mean, "n": n, "cfg": cfg}, indent=2))
 

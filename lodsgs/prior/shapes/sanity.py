@@ -29,9 +29,18 @@ def sample(prior: DiffusionPrior, caption: str, n: int = 4, steps: int = 50, cfg
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
-def dominant_color(images: torch.Tensor, background=world.BACKGROUND) -> torch.Tensor:
-    """Mean colour of pixels that differ from the background, per image [n,3]."""
-    diff = (images - torch.tensor(background)).abs().sum(-1) > 0.25
+def dominant_color(images: torch.Tensor, background=None) -> torch.Tensor:
+    """Mean colour of the pixels that differ from the background, per image [n,3].
+
+    The background defaults to each image's own border (median of the outermost pixels), so a sample
+    whose white background came out tinted is still judged by its object, not by the tint.
+    """
+    if background is None:
+        border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+        bg = border.median(1).values[:, None, None]
+    else:
+        bg = torch.tensor(background, dtype=images.dtype).expand(len(images), 1, 1, 3)
+    diff = (images - bg).abs().sum(-1) > 0.25
     weights = diff.float()[..., None]
     return (images * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1)
 
@@ -56,6 +65,9 @@ def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: i
         mse = ((samples[:, None] - gt[None]) ** 2).mean((2, 3, 4)).min(1).values
         first = world.parse(caption)[0][0]
         colors = [nearest_color_name(c) for c in dominant_color(samples)]
+        border = torch.cat([samples[:, 0], samples[:, -1], samples[:, :, 0], samples[:, :, -1]], 1)
+        tint = (border.median(1).values - torch.tensor(world.BACKGROUND)).abs().mean()
         rows.append({"caption": caption, "nearest_view_mse": float(mse.mean()),
-                     "color_match": sum(c == first or c in caption for c in colors) / n})
+                     "color_match": sum(c == first or c in caption for c in colors) / n,
+                     "background_error": float(tint)})
     return rows
