@@ -117,3 +117,18 @@ def test_prior_sanity_command_reports_each_caption(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["caption"] for r in rows] == ["a red cube", "a blue torus"]
     assert all(0 <= r["color_match"] <= 1 and r["nearest_view_mse"] > 0 for r in rows)
+
+
+def test_training_command_exports_a_loadable_prior_and_resumes(tmp_path):
+    from lodsgs.prior.shapes import train
+
+    out, work = tmp_path / "prior", tmp_path / "work"
+    args = ["--out", str(out), "--work", str(work), "--views", "1", "--batch", "2", "--minutes", "0.05"]
+    train.main(args)
+    first = torch.load(work / "checkpoint.pt", weights_only=False)
+    assert first["step"] > 0
+    prior = DiffusionPrior.from_pretrained(str(out))
+    assert prior.vae is None and prior.unet.config.sample_size == 32
+    train.main(args[:-1] + ["0.1", "--resume"])  # a larger total budget continues from the checkpoint
+    second = torch.load(work / "checkpoint.pt", weights_only=False)
+    assert second["step"] > first["step"] and second["elapsed"] > first["elapsed"]
