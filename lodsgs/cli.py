@@ -273,7 +273,8 @@ def eval_cmd(
     out: OutOpt = Path("runs/eval"),
     caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption to evaluate (repeatable).")] = None,
     variant: Annotated[list[str] | None, typer.Option(
-        "--variant", help="NAME=key=value,... (repeatable); default: SDS CFG 100 + 7.5, LODS-emb, LODS-LoRA.")] = None,
+        "--variant", help="NAME=key=value,... (repeatable; NAME 'init' scores the unoptimized start); "
+                         "default: init, SDS CFG 100 + 7.5, LODS-emb, LODS-LoRA.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = None,
@@ -286,8 +287,8 @@ def eval_cmd(
         variants = {}
         for v in variant:
             name, sep, body = v.partition("=")
-            if not sep or not body:
-                raise LodsgsError(f"--variant expects NAME=key=value,..., got {v!r}")
+            if not sep or not name:
+                raise LodsgsError(f"--variant expects NAME=key=value,... (or NAME= for the preset as is), got {v!r}")
             variants[name] = [kv.strip() for kv in body.split(",") if kv.strip()]
     base = list(sets or [])
     if seed is not None:

@@ -18,7 +18,8 @@ from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
 
-DEFAULT_VARIANTS = {
+DEFAULT_VARIANTS = {  # "init" scores the unoptimized starting splats (same seed), as a floor
+    "init": [],
     "sds-cfg100": ["guidance.method=sds", "guidance.guidance_scale=100"],
     "sds-cfg7.5": ["guidance.method=sds", "guidance.guidance_scale=7.5"],
     "lods-embedding": ["guidance.method=lods-embedding"],
@@ -107,7 +108,7 @@ def run_eval(
 ) -> EvalResult:
     """Generate each caption with each variant (resuming finished runs) and score against ground truth."""
     from lodsgs.config import load_config
-    from lodsgs.generate import generate, load_prior, resolve_device, run_name
+    from lodsgs.generate import generate, init_splats, load_prior, resolve_device, run_name
     from lodsgs.prior.shapes import world
     from lodsgs.splats.io import read_ply
 
@@ -122,7 +123,13 @@ def run_eval(
     cfgs = {v: load_config(config, ["prior.model=shapes", *base_overrides, *o]) for v, o in variants.items()}
     prior = None
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
+        truth = world.build_object(caption)
         for variant, cfg in cfgs.items():
+            if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
+                s = score(init_splats(cfg), truth, views, world.BACKGROUND)
+                result.rows.append({"variant": variant, "caption": caption, **s, "seconds": 0.0, "steps": 0,
+                                    "seed": cfg.run.seed})
+                continue
             folder = out / variant
             run_dir = folder / run_name(caption, cfg.run.seed)
             if not (run_dir / "metrics.json").exists():
@@ -130,7 +137,7 @@ def run_eval(
                 log(f"[{variant}] {caption}")
                 generate(caption, cfg, folder, overwrite=True, quiet=True, prior=prior)
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            s = score(read_ply(run_dir / "splats.ply"), world.build_object(caption), views, world.BACKGROUND)
+            s = score(read_ply(run_dir / "splats.ply"), truth, views, world.BACKGROUND)
             result.rows.append({"variant": variant, "caption": caption, **s, "seconds": metrics["seconds"],
                                 "steps": metrics["steps"], "seed": cfg.run.seed})
     (out / "eval.json").write_text(json.dumps({"rows": result.rows, "summary": result.summary(),
