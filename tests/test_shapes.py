@@ -80,26 +80,29 @@ def test_unknown_words_are_refused_with_the_vocabulary(tmp_path):
 
 @pytest.mark.slow
 def test_short_generation_matches_the_caption(tmp_path):
-    """A short LODS run on CPU: red dominates the render and the silhouette overlaps the truth."""
+    """The default method (LODS-embedding) with the shapes prior's own budget: green, and cone-shaped."""
     from lodsgs.config import load_config
-    from lodsgs.eval import EvalViews, score
-    from lodsgs.generate import generate
+    from lodsgs.eval import EvalViews, eval_cameras, score
+    from lodsgs.generate import generate, init_splats
     from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name
     from lodsgs.splats.io import read_ply
-
-    cfg = load_config(None, ["prior.model=shapes", "run.steps=300", "run.turntable_frames=4"])
-    run = generate("a red sphere", cfg, tmp_path, quiet=True)
-    splats = read_ply(run / "splats.ply")
-    s = score(splats, world.build_object("a red sphere"), EvalViews(n=4, yaw_steps=8), world.BACKGROUND)
-    from lodsgs.eval import eval_cameras
     from lodsgs.splats.render import render
+
+    cfg = load_config(None, ["prior.model=shapes", "run.turntable_frames=4"])
+    run = generate("a green cone", cfg, tmp_path, quiet=True)
+    splats, truth, views = read_ply(run / "splats.ply"), world.build_object("a green cone"), EvalViews(n=4)
+    s = score(splats, truth, views, world.BACKGROUND)
+    start = score(init_splats(cfg), truth, views, world.BACKGROUND)
     with torch.no_grad():
-        images = render(splats, eval_cameras(EvalViews(n=4)), background=world.BACKGROUND).rgb
-    assert nearest_color_name(dominant_color(images).mean(0)) == "red"
-    assert s["iou"] > IOU_THRESHOLD, s
+        images = render(splats, eval_cameras(views), background=world.BACKGROUND).rgb
+    assert nearest_color_name(dominant_color(images).mean(0)) == "green"
+    assert s["iou"] > IOU_THRESHOLD > start["iou"] + 0.2, (s, start)
 
 
-IOU_THRESHOLD = 0.3  # set from the measured eval (see README): random-ball init alone scores ~0.1
+# The random-ball start already overlaps a cone's silhouette (IoU 0.49 on the eval views), and every
+# method reached 0.87-0.96 on this caption in the README's eval (400 steps); 0.75 asks for most of that
+# gain, which an optimizer that ignored the prompt's shape or blew the scene up would not get.
+IOU_THRESHOLD = 0.75
 
 
 @pytest.mark.slow
