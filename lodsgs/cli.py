@@ -248,7 +248,7 @@ def prior_sanity(
 
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
     from lodsgs.prior.shapes.sanity import sanity_report
-    prior = DiffusionPrior.from_pretrained(str(resolve_model(model)))
+    prior = DiffusionPrior.from_pretrained(resolve_model(model))
     rows = sanity_report(prior, caption or None, n=n, cfg=cfg)
     keys = ("nearest_view_mse", "color_match", "background_error")
     typer.echo("| caption | nearest-view MSE | colour match | background error |\n|---|---|---|---|")

@@ -29,6 +29,12 @@ def sample(prior: DiffusionPrior, caption: str, n: int = 4, steps: int = 50, cfg
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
+def border_color(images: torch.Tensor) -> torch.Tensor:
+    """Median colour of each image's outermost pixels [n,3]: the background a sample actually drew."""
+    border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+    return border.median(1).values
+
+
 def dominant_color(images: torch.Tensor, background=None) -> torch.Tensor:
     """Mean colour of the pixels that differ from the background, per image [n,3].
 
@@ -36,8 +42,7 @@ def dominant_color(images: torch.Tensor, background=None) -> torch.Tensor:
     whose white background came out tinted is still judged by its object, not by the tint.
     """
     if background is None:
-        border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
-        bg = border.median(1).values[:, None, None]
+        bg = border_color(images)[:, None, None]
     else:
         bg = torch.tensor(background, dtype=images.dtype).expand(len(images), 1, 1, 3)
     diff = (images - bg).abs().sum(-1) > 0.25
@@ -65,8 +70,7 @@ def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: i
         mse = ((samples[:, None] - gt[None]) ** 2).mean((2, 3, 4)).min(1).values
         first = world.parse(caption)[0][0]
         colors = [nearest_color_name(c) for c in dominant_color(samples)]
-        border = torch.cat([samples[:, 0], samples[:, -1], samples[:, :, 0], samples[:, :, -1]], 1)
-        tint = (border.median(1).values - torch.tensor(world.BACKGROUND)).abs().mean()
+        tint = (border_color(samples) - torch.tensor(world.BACKGROUND)).abs().mean()
         rows.append({"caption": caption, "nearest_view_mse": float(mse.mean()),
                      "color_match": sum(c == first or c in caption for c in colors) / n,
                      "background_error": float(tint)})

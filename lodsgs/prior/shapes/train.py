@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             pred = unet(xt, t, encode(tokenizer, text, texts)).sample
             err = (pred - noise).pow(2).mean((1, 2, 3))
-            weight = (1 / a.view(-1)).clamp(max=V_WEIGHT_CAP) if args.weighting == "v" else torch.ones_like(err)
-            loss = (weight * err).mean()
+            if args.weighting == "v":
+                err = err * (1 / a.view(-1)).clamp(max=V_WEIGHT_CAP)
+            loss = err.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
