@@ -168,7 +168,7 @@ def export(
 @app.command(epilog="**Example**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d")
 @friendly
 def info(path: Annotated[Path, typer.Argument(help="A run folder or a .ply file.")]) -> None:
-    """Summarize a run (prompt, method, steps, time, Gaussians) or a .ply file."""
+    """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any) or a .ply file."""
     from lodsgs.splats.io import read_ply
     if path.is_dir():
         metrics = path / "metrics.json"
@@ -178,6 +178,10 @@ def info(path: Annotated[Path, typer.Argument(help="A run folder or a .ply file.
             ckpt = path / "checkpoints" / "last.pt"
             state = "unfinished (resumable)" if ckpt.exists() else "empty"
             typer.echo(f"{path}: no metrics.json; run is {state}")
+        log = path / "log.jsonl"
+        if log.exists():
+            from lodsgs.runlog import format_summary, summarize
+            typer.echo(format_summary(summarize(log)))
         return
     splats = read_ply(path)
     lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
@@ -267,6 +271,8 @@ def prior_sanity(
     lodsgs eval --caption "a red cube" --caption "a blue torus" --steps 200
 
     lodsgs eval --variant "lods-lr1e-2=guidance.method=lods-embedding,guidance.embedding_lr=0.01"
+
+    lodsgs eval --seeds 0,1,2 --caption "a red cube" --caption "a blue torus"   # mean ± sd across seeds
 """)
 @friendly
 def eval_cmd(
@@ -278,10 +284,17 @@ def eval_cmd(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = None,
+    seeds: Annotated[str | None, typer.Option(
+        "--seeds", help="Comma-separated seeds, e.g. 0,1,2: one run per caption, method and seed; the tables "
+                        "give mean ± sd across seeds. Default: the config's seed.")] = None,
     steps: StepsOpt = None,
 ) -> None:
-    """Generate shapes-world captions with each method and score them against ground-truth renders."""
-    from lodsgs.eval import DEFAULT_VARIANTS, run_eval
+    """Generate shapes-world captions with each method and score them against ground-truth renders: PSNR,
+    silhouette IoU, colour error, and shape / colour R-precision (R@1) for single-object captions."""
+    from lodsgs.eval import DEFAULT_VARIANTS, parse_seeds, run_eval
+    if seeds is not None and seed is not None:
+        raise LodsgsError("give --seed or --seeds, not both")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     variants = dict(DEFAULT_VARIANTS)
     if variant:
         variants = {}
@@ -295,7 +308,7 @@ def eval_cmd(
         base.append(f"run.seed={seed}")
     if steps is not None:
         base.append(f"run.steps={steps}")
-    result = run_eval(caption, variants, base, out, config=config, log=typer.echo)
+    result = run_eval(caption, variants, base, out, config=config, log=typer.echo, seeds=seed_list)
     typer.echo(result.markdown())
     typer.echo(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
 

@@ -33,7 +33,8 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = 250
-    log_every: int = 10
+    log_every: int = 10  # append a record to RUN_DIR/log.jsonl every N steps and at the last (0 = off)
+    preview_every: int = 0  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
     turntable_frames: int = 36
     turntable_size: int = 256
 

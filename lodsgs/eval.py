@@ -1,20 +1,27 @@
 """``lodsgs eval``: generate shapes-world captions with several methods and score them against truth.
 
 A text prompt does not fix the object's rotation about the vertical axis, so each result is compared
-with the ground truth at the yaw offset (searched in ``yaw_steps`` steps) that gives the best PSNR.
+with a ground truth at the yaw offset (searched in ``yaw_steps`` steps) that gives the best PSNR. Single-object
+captions also get R-precision, the known world's analogue of CLIP R-precision: among the five shapes in the
+captioned colour (and the six colours of the captioned shape), is the caption's truth the best match?
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from lodsgs.cameras import orbit_cameras
 from lodsgs.errors import LodsgsError
+from lodsgs.prior.shapes import world
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
 
@@ -25,11 +32,13 @@ DEFAULT_VARIANTS = {  # "init" scores the unoptimized starting splats (same seed
     "lods-embedding": ["guidance.method=lods-embedding"],
     "lods-lora": ["guidance.method=lods-lora"],
 }
+Images = tuple[Tensor, Tensor]  # rgb [C,H,W,3] and silhouette (alpha > 0.5) [C,H,W] at the eval views
+SPREAD = ("psnr", "iou", "shape_r1", "color_r1")  # metrics whose spread across seeds the summary gives
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalViews:
-    """Held-out views: ``n`` azimuths at two elevations, fixed radius and fov."""
+    """Held-out views: ``n`` azimuths at two elevations, fixed radius and fov (frozen: a cache key)."""
 
     n: int = 8
     elevations: tuple[float, ...] = (0.0, 30.0)
@@ -47,24 +56,78 @@ def eval_cameras(v: EvalViews, yaw: float = 0.0):
 
 
 @torch.no_grad()
-def score(result: Splats, truth: Splats, views: EvalViews, background: tuple[float, float, float]) -> dict:
-    """PSNR, silhouette IoU (alpha > 0.5) and mean colour error inside the true silhouette, best yaw."""
-    bg = torch.tensor(background, dtype=torch.float32)
-    gt = render(truth, eval_cameras(views), background=bg)
-    gt_mask = gt.alpha[..., 0] > 0.5
-    best = None
+def images(splats: Splats, views: EvalViews, background: tuple[float, float, float], yaw: float = 0.0) -> Images:
+    """Colour and silhouette of ``splats`` at the eval views turned by ``yaw`` degrees."""
+    out = render(splats, eval_cameras(views, yaw), background=torch.tensor(background, dtype=torch.float32))
+    return out.rgb, out.alpha[..., 0] > 0.5
+
+
+@functools.lru_cache(maxsize=64)
+def truth_images(caption: str, views: EvalViews, background: tuple[float, float, float]) -> Images:
+    """A caption's ground truth at the eval views, rendered once per process: every run meets the same truths."""
+    return images(world.build_object(caption), views, background)
+
+
+def align(result: Splats, truths: dict[str, Images], views: EvalViews,
+          background: tuple[float, float, float]) -> dict[str, tuple[float, float, Images]]:
+    """Render the result once per yaw step; for each truth keep its own best (mse, yaw, result images)."""
+    best: dict[str, tuple[float, float, Images]] = {}
     for k in range(views.yaw_steps):
         yaw = 360.0 * k / views.yaw_steps
-        out = render(result, eval_cameras(views, yaw), background=bg)
-        mse = (out.rgb - gt.rgb).pow(2).mean().item()
-        if best is None or mse < best[0]:
-            best = (mse, yaw, out)
-    mse, yaw, out = best
-    mask = out.alpha[..., 0] > 0.5
+        out = images(result, views, background, yaw)
+        for name, (rgb, _) in truths.items():
+            mse = (out[0] - rgb).pow(2).mean().item()
+            if name not in best or mse < best[name][0]:
+                best[name] = (mse, yaw, out)
+    return best
+
+
+def metrics(mse: float, yaw: float, out: Images, truth: Images) -> dict:
+    """PSNR, silhouette IoU and mean colour error inside the true silhouette, at the chosen yaw."""
+    (rgb, mask), (gt_rgb, gt_mask) = out, truth
     iou = ((mask & gt_mask).sum() / (mask | gt_mask).sum().clamp(min=1)).item()
-    inside = (out.rgb - gt.rgb).abs()[gt_mask].mean().item() if gt_mask.any() else float("nan")
+    inside = (rgb - gt_rgb).abs()[gt_mask].mean().item() if gt_mask.any() else float("nan")
     return {"psnr": -10.0 * torch.log10(torch.tensor(max(mse, 1e-12))).item(), "iou": iou,
             "color_error": inside, "yaw": yaw}
+
+
+def score(result: Splats, truth: Splats, views: EvalViews, background: tuple[float, float, float]) -> dict:
+    """PSNR, silhouette IoU (alpha > 0.5) and mean colour error inside the true silhouette, best yaw."""
+    gt = images(truth, views, background)
+    return metrics(*align(result, {"truth": gt}, views, background)["truth"], gt)
+
+
+def rivals(caption: str) -> tuple[list[str], list[str]] | None:
+    """R-precision candidates of a single-object caption (None for a scene): its colour's five shapes, its
+    shape's six colours, each list including the caption itself."""
+    parts = world.parse(caption)
+    if len(parts) != 1:
+        return None
+    color, shape = parts[0]
+    return ([f"{world.article(color)} {color} {s}" for s in world.SHAPES],
+            [f"{world.article(c)} {c} {shape}" for c in world.COLORS])
+
+
+def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float]) -> dict:
+    """score() against the caption's truth, plus shape and colour R@1 (1.0/0.0) and 1-based ranks by yaw-aligned
+    PSNR among rivals(caption), each candidate at its own best yaw; None for two-object scenes."""
+    cands = rivals(caption)
+    names = [caption] if cands is None else list(dict.fromkeys([caption, *cands[0], *cands[1]]))
+    truths = {c: truth_images(c, views, background) for c in names}
+    best = align(result, truths, views, background)
+    s = metrics(*best[caption], truths[caption])
+    if cands is None:
+        return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None}
+    for kind, group in zip(("shape", "color"), cands):
+        rank = 1 + sum(best[c][0] < best[caption][0] for c in group)
+        s |= {f"{kind}_rank": rank, f"{kind}_r1": float(rank == 1)}
+    return s
+
+
+def mean(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the rows that have it (R@1 is None for scenes); None if none do."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 @dataclass
@@ -72,29 +135,82 @@ class EvalResult:
     rows: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict]:
-        """Per-variant means of each metric and of the time."""
+        """Per-variant means over all runs (R@1 over the ``r1_n`` single-object runs); with several seeds also
+        ``<metric>_sd``, the sample sd across seeds of the per-seed means of psnr, iou and R@1."""
         out: dict[str, dict] = {}
         for variant in dict.fromkeys(r["variant"] for r in self.rows):
             rows = [r for r in self.rows if r["variant"] == variant]
-            out[variant] = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "iou", "color_error", "seconds")}
-            out[variant]["n"] = len(rows)
+            seeds = list(dict.fromkeys(r["seed"] for r in rows))
+            m = {k: mean(rows, k) for k in ("psnr", "iou", "color_error", "shape_r1", "color_r1", "seconds")}
+            m |= {"n": len(rows), "r1_n": sum(r.get("shape_r1") is not None for r in rows), "seeds": len(seeds)}
+            for k in SPREAD if len(seeds) > 1 else ():
+                per_seed = [x for s in seeds if (x := mean([r for r in rows if r["seed"] == s], k)) is not None]
+                m[f"{k}_sd"] = statistics.stdev(per_seed) if len(per_seed) > 1 else None
+            out[variant] = m
         return out
 
     def markdown(self) -> str:
-        lines = ["| method | captions | PSNR (dB) ↑ | silhouette IoU ↑ | colour error ↓ | s / run |",
-                 "|---|---|---|---|---|---|"]
-        for variant, m in self.summary().items():
-            lines.append(f"| {variant} | {m['n']} | {m['psnr']:.2f} | {m['iou']:.3f} | {m['color_error']:.3f} "
-                         f"| {m['seconds']:.0f} |")
-        lines += ["", "| caption | " + " | ".join(self.summary()) + " |",
-                  "|---|" + "---|" * len(self.summary())]
+        """The method table (mean ± sd across seeds when several), then PSNR / IoU per caption and method."""
+        summary = self.summary()
+        lines = ["| method | runs | PSNR (dB) ↑ | silhouette IoU ↑ | colour error ↓ | shape R@1 ↑ | colour R@1 ↑ "
+                 "| s / run |", "|---|---|---|---|---|---|---|---|"]
+        for variant, m in summary.items():
+            cells = [cell(m, "psnr", ".2f"), cell(m, "iou", ".3f"), cell(m, "color_error", ".3f"),
+                     cell(m, "shape_r1", ".2f"), cell(m, "color_r1", ".2f"), f"{m['seconds']:.0f}"]
+            lines.append(f"| {variant} | {m['n']} | " + " | ".join(cells) + " |")
+        seeds = max(m["seeds"] for m in summary.values()) if summary else 1
+        r1_n = "/".join(str(n) for n in dict.fromkeys(m["r1_n"] for m in summary.values()))
+        lines += ["", f"R@1: share of the {r1_n} single-object runs whose captioned shape (colour) has the best "
+                  "yaw-aligned PSNR among the 5 shapes in that colour (6 colours of that shape)"
+                  + (f"; ± is the sd across {seeds} seeds of the per-seed means." if seeds > 1 else ".")]
+        return "\n".join(lines + ["", *self.caption_table(list(summary), seeds)]) + "\n"
+
+    def caption_table(self, variants: list[str], seeds: int) -> list[str]:
+        """PSNR / IoU per caption and method (means over seeds when several)."""
+        head = "caption" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
+        lines = [f"| {head} | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
         for caption in dict.fromkeys(r["caption"] for r in self.rows):
             cells = []
-            for variant in self.summary():
-                r = next((r for r in self.rows if r["caption"] == caption and r["variant"] == variant), None)
-                cells.append(f"{r['psnr']:.1f} dB / {r['iou']:.2f}" if r else "–")
+            for variant in variants:
+                rows = [r for r in self.rows if r["caption"] == caption and r["variant"] == variant]
+                cells.append(f"{mean(rows, 'psnr'):.1f} dB / {mean(rows, 'iou'):.2f}" if rows else "–")
             lines.append(f"| {caption} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return lines
+
+
+def cell(m: dict, key: str, fmt: str) -> str:
+    """A summary value for the method table, with its sd across seeds when there is one; '–' when missing."""
+    if m[key] is None:
+        return "–"
+    sd = m.get(f"{key}_sd")
+    return f"{m[key]:{fmt}}" + (f" ± {sd:{fmt}}" if sd is not None else "")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``, refusing anything else in one line."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise LodsgsError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
+    if len(set(seeds)) < len(seeds):
+        raise LodsgsError(f"--seeds repeats a seed: {text!r}")
+    return seeds
+
+
+def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, log) -> tuple[Splats, float, int]:
+    """One run's splats, seconds and steps: the start for 'init', else generated unless metrics.json exists."""
+    from lodsgs.generate import generate, init_splats, run_name
+    from lodsgs.splats.io import read_ply
+
+    if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
+        return init_splats(cfg), 0.0, 0
+    folder = out / variant
+    run_dir = folder / run_name(caption, cfg.run.seed)
+    if not (run_dir / "metrics.json").exists():
+        log(f"[{variant}] {caption} (seed {cfg.run.seed})")
+        generate(caption, cfg, folder, overwrite=True, quiet=True, prior=prior(cfg))
+    done = json.loads((run_dir / "metrics.json").read_text())
+    return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"]
 
 
 def run_eval(
@@ -105,12 +221,12 @@ def run_eval(
     config: str | None = None,
     views: EvalViews | None = None,
     log=print,
+    seeds: list[int] | None = None,
 ) -> EvalResult:
-    """Generate each caption with each variant (resuming finished runs) and score against ground truth."""
+    """Generate each caption with each variant and seed (resuming finished runs) and score against ground truth;
+    ``seeds`` None means the config's seed."""
     from lodsgs.config import load_config
-    from lodsgs.generate import generate, init_splats, load_prior, resolve_device, run_name
-    from lodsgs.prior.shapes import world
-    from lodsgs.splats.io import read_ply
+    from lodsgs.generate import load_prior, resolve_device
 
     views = views or EvalViews()
     known = world.captions()
@@ -120,26 +236,21 @@ def run_eval(
         raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
     result = EvalResult()
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = {v: load_config(config, ["prior.model=shapes", *base_overrides, *o]) for v, o in variants.items()}
-    prior = None
+    seed_sets = {s: [] if s is None else [f"run.seed={s}"] for s in seeds or [None]}
+    cfgs = {(v, s): load_config(config, ["prior.model=shapes", *base_overrides, *ss, *o])
+            for s, ss in seed_sets.items() for v, o in variants.items()}
+    loaded: list = []
+
+    def prior(cfg):  # one prior for every run, loaded when the first run needs generating
+        loaded[:] = loaded or [load_prior(cfg, resolve_device(cfg.run.device))]
+        return loaded[0]
+
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
-        truth = world.build_object(caption)
-        for variant, cfg in cfgs.items():
-            if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
-                s = score(init_splats(cfg), truth, views, world.BACKGROUND)
-                result.rows.append({"variant": variant, "caption": caption, **s, "seconds": 0.0, "steps": 0,
-                                    "seed": cfg.run.seed})
-                continue
-            folder = out / variant
-            run_dir = folder / run_name(caption, cfg.run.seed)
-            if not (run_dir / "metrics.json").exists():
-                prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
-                log(f"[{variant}] {caption}")
-                generate(caption, cfg, folder, overwrite=True, quiet=True, prior=prior)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            s = score(read_ply(run_dir / "splats.ply"), truth, views, world.BACKGROUND)
-            result.rows.append({"variant": variant, "caption": caption, **s, "seconds": metrics["seconds"],
-                                "steps": metrics["steps"], "seed": cfg.run.seed})
+        for (variant, _), cfg in cfgs.items():
+            splats, seconds, steps = result_splats(caption, variant, cfg, out, prior, log)
+            s = score_caption(splats, caption, views, world.BACKGROUND)
+            result.rows.append({"variant": variant, "caption": caption, "seed": cfg.run.seed, **s,
+                                "seconds": seconds, "steps": steps})
     (out / "eval.json").write_text(json.dumps({"rows": result.rows, "summary": result.summary(),
                                                "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     (out / "eval.md").write_text(result.markdown())

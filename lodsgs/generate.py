@@ -8,6 +8,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from lodsgs.config import Config, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
+from lodsgs.runlog import RunLog, make_record
 from lodsgs.splats.densify import Densifier
 from lodsgs.splats.io import read_ply, write_ply, write_splat
 from lodsgs.splats.model import Splats, make_optimizers
@@ -133,6 +135,14 @@ def _all_optimizers(s: State) -> list[torch.optim.Optimizer]:
     return list(s.optimizers.values()) + ([s.prior_optimizer] if s.prior_optimizer else [])
 
 
+def lrs_used(cfg: Config, s: State) -> dict[str, float]:
+    """The learning rates the step just taken used: the splats' schedule, plus the prior's when it learns."""
+    used = lrs(cfg, s.step - 1)
+    if s.prior_optimizer:
+        used["prior"] = s.prior_optimizer.param_groups[0]["lr"]
+    return used
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 
 def save_checkpoint(s: State, cfg: Config, path: Path) -> None:
@@ -191,7 +201,7 @@ def generate(
     interrupt_at: int | None = None,
 ) -> Path:
     """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder."""
-    from lodsgs.media import write_media
+    from lodsgs.media import write_media, write_progress
     from lodsgs.progress import StepProgress
 
     model_path = resolve_model(cfg.prior.model)
@@ -210,6 +220,8 @@ def generate(
         (run_dir / ".write-test").unlink()
     except OSError as e:
         raise LodsgsError(f"cannot write to output folder {str(run_dir)!r}: {e.strerror}") from None
+    if not resume:  # a fresh start: no previews left from an overwritten run
+        shutil.rmtree(run_dir / "progress", ignore_errors=True)
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "prompt.txt").write_text(prompt + "\n")
 
@@ -230,11 +242,16 @@ def generate(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        with StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar:
+        with (RunLog(run_dir, cfg.run.log_every, cfg.run.steps, resume_step=s.step if resume else None) as runlog,
+              StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar):
             while s.step < cfg.run.steps:
                 logs = train_step(cfg, s, device)
                 s.seconds = time.perf_counter() - start
                 bar.update(s.step, loss=logs["loss"], gaussians=s.splats.num)
+                if runlog.due(s.step):
+                    runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))
+                if cfg.run.preview_every > 0 and s.step % cfg.run.preview_every == 0:
+                    write_progress(s.splats, cfg, run_dir, s.step)
                 if interrupt_at is not None and s.step == interrupt_at:
                     stop["signal"] = signal.SIGINT
                 if stop["signal"] is not None:

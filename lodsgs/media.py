@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,3 +57,15 @@ def write_media(splats: Splats, cfg, run_dir: Path) -> None:
     save_mp4(frames, run_dir / "turntable.mp4")
     step = max(len(frames) // 8, 1)
     imageio.imwrite(run_dir / "preview.png", grid(frames[::step][:8]))
+
+
+def write_progress(splats: Splats, cfg, run_dir: Path, step: int) -> Path:
+    """RUN_DIR/progress/step_XXXX.png: 4 views around the object at the eval camera, written atomically."""
+    path = run_dir / "progress" / f"step_{step:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        views = turntable(splats, cfg.camera, 4, cfg.run.turntable_size, cfg.render.background)
+    tmp = path.with_name(path.name + ".tmp")
+    imageio.imwrite(tmp, grid(views), format="png")
+    os.replace(tmp, path)
+    return path

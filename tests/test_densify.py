@@ -149,3 +149,25 @@ def test_state_dict_round_trip():
     e = Densifier(DensifyConfig())
     e.load_state_dict(saved)
     assert torch.equal(e.state["grad2d"], saved["grad2d"]) and e.state["scene_scale"] == 2.0
+
+
+def test_grow_quantile_is_free_of_the_gradient_scale():
+    """LODS divides the gradient by ω: a quantile threshold grows the same Gaussians at any loss scale."""
+    counts = []
+    for scale in (1.0, 1e-3):
+        splats, _ = designed_splats()
+        grad = scale * 1e-6 * torch.arange(1.0, 11.0)  # all below grow_grad2d (2e-4)
+        optimizers = make_optimizers(splats, LRS)
+        d = Densifier(DensifyConfig(refine_start=1, refine_every=2, refine_stop=100, grow_scale3d=0.01,
+                                    scene_scale=1.0, grow_quantile=0.5))
+        synthetic_step(splats, optimizers, d, 1, grad)
+        synthetic_step(splats, optimizers, d, 2, grad)  # refine: the upper half of the gradients grows
+        check_consistent(splats, optimizers)
+        counts.append(splats.num)
+    fixed, _ = designed_splats()
+    optimizers = make_optimizers(fixed, LRS)
+    d = Densifier(DensifyConfig(refine_start=1, refine_every=2, refine_stop=100, grow_scale3d=0.01, scene_scale=1.0))
+    synthetic_step(fixed, optimizers, d, 1, 1e-6 * torch.arange(1.0, 11.0))
+    synthetic_step(fixed, optimizers, d, 2, 1e-6 * torch.arange(1.0, 11.0))
+    assert fixed.num == 8  # the fixed threshold grows nothing: only the two prunes
+    assert counts[0] == counts[1] > 8

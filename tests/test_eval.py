@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from lodsgs.cli import app
-from lodsgs.eval import EvalViews, score
+from lodsgs.eval import EvalResult, EvalViews, score, score_caption
 from lodsgs.prior.shapes import world
 
 
@@ -22,22 +22,64 @@ def test_score_is_perfect_for_the_truth_at_any_yaw():
     assert s["yaw"] in (90.0, 270.0) and s["iou"] > 0.9  # the yaw search finds the turn
 
 
+def test_r_precision_tells_shapes_and_colours_apart():
+    views = EvalViews(n=4, size=32, yaw_steps=4)
+    s = score_caption(world.build_object("a red cube"), "a red cube", views, world.BACKGROUND)
+    assert (s["shape_r1"], s["color_r1"], s["shape_rank"], s["color_rank"]) == (1.0, 1.0, 1, 1)
+    assert s == {**score(world.build_object("a red cube"), world.build_object("a red cube"), views, world.BACKGROUND),
+                 **{k: s[k] for k in ("shape_r1", "color_r1", "shape_rank", "color_rank")}}
+    sphere = score_caption(world.build_object("a red sphere"), "a red cube", views, world.BACKGROUND)
+    assert sphere["shape_r1"] == 0.0 and sphere["shape_rank"] > 1
+    blue = score_caption(world.build_object("a blue cube"), "a red cube", views, world.BACKGROUND)
+    assert blue["color_r1"] == 0.0 and blue["color_rank"] > 1
+    scene = score_caption(world.build_object("a red cube on a blue cylinder"), "a red cube on a blue cylinder", views,
+                          world.BACKGROUND)
+    assert scene["shape_r1"] is scene["color_r1"] is scene["shape_rank"] is None and scene["psnr"] > 60
+
+
+def test_summary_over_seeds_averages_r_precision_over_single_objects_only():
+    def row(seed, caption, psnr, iou, shape_r1=None, color_r1=None):
+        return {"variant": "m", "caption": caption, "seed": seed, "psnr": psnr, "iou": iou, "color_error": 0.1,
+                "shape_r1": shape_r1, "color_r1": color_r1, "seconds": 2.0}
+    scene = "a red cube on a blue cylinder"
+    rows = [row(0, "a red cube", 10, 0.5, 1.0, 1.0), row(0, scene, 20, 0.7),
+            row(1, "a red cube", 14, 0.7, 0.0, 1.0), row(1, scene, 24, 0.9)]
+    m = EvalResult(rows).summary()["m"]
+    assert (m["n"], m["r1_n"], m["seeds"], m["shape_r1"], m["color_r1"]) == (4, 2, 2, 0.5, 1.0)
+    assert m["psnr"] == pytest.approx(17) and m["iou"] == pytest.approx(0.7)
+    assert m["psnr_sd"] == pytest.approx(8**0.5) and m["iou_sd"] == pytest.approx(0.02**0.5)  # of 15, 19 and .6, .8
+    assert m["shape_r1_sd"] == pytest.approx(0.5**0.5) and m["color_r1_sd"] == 0.0
+    table = EvalResult(rows).markdown()
+    assert "| m | 4 | 17.00 ± 2.83 | 0.700 ± 0.141 | 0.100 | 0.50 ± 0.71 | 1.00 ± 0.00 | 2 |" in table
+    assert f"| {scene} | 22.0 dB / 0.80 |" in table and "mean of 2 seeds" in table
+    one = EvalResult(rows[:2]).summary()["m"]
+    assert "psnr_sd" not in one and (one["shape_r1"], one["r1_n"]) == (1.0, 1)
+    assert "±" not in EvalResult(rows[:2]).markdown().split("\n\n")[0]
+
+
 @pytest.mark.slow
 def test_eval_command_writes_table_and_json_and_resumes(tmp_path):
     args = ["eval", "--caption", "a red cube", "--variant", "init=", "--variant", "sds=guidance.method=sds",
-            "--steps", "3", "--out", str(tmp_path)]
+            "--steps", "3", "--seeds", "0,1", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "eval.json").read_text())
-    assert [(r["variant"], r["caption"], r["steps"]) for r in data["rows"]] == [("init", "a red cube", 0),
-                                                                                 ("sds", "a red cube", 3)]
-    assert set(data["summary"]) == {"init", "sds"} and "| sds | 1 |" in (tmp_path / "eval.md").read_text()
-    metrics = next((tmp_path / "sds").glob("*/metrics.json"))
-    stamp = metrics.stat().st_mtime_ns
+    assert [(r["variant"], r["seed"], r["steps"]) for r in data["rows"]] == [("init", 0, 0), ("sds", 0, 3),
+                                                                             ("init", 1, 0), ("sds", 1, 3)]
+    assert all(r["shape_r1"] in (0.0, 1.0) and r["color_r1"] in (0.0, 1.0) for r in data["rows"])
+    assert set(data["summary"]) == {"init", "sds"} and "psnr_sd" in data["summary"]["sds"]
+    assert "| sds | 2 |" in (tmp_path / "eval.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sds").glob("*/metrics.json")}
+    assert len(stamps) == 2  # one run folder per seed
     assert CliRunner().invoke(app, args).exit_code == 0
-    assert metrics.stat().st_mtime_ns == stamp  # finished runs are scored again, not regenerated
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished runs are scored again, not regenerated
 
 
 def test_eval_refuses_captions_outside_the_world(tmp_path):
     result = CliRunner().invoke(app, ["eval", "--caption", "a corgi", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not shapes-world captions" in result.output
+
+
+def test_eval_refuses_bad_seeds_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--seeds", "a,b", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--seeds" in result.output and len(result.output.strip().splitlines()) == 1

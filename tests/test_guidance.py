@@ -165,6 +165,15 @@ def test_timestep_schedule_anneals(latent):
         assert all(lo <= t <= hi for t in ts)
 
 
+def test_linear_schedule_ramps_t_max_to_its_end_value(latent):
+    cfg = GuidanceConfig(method="sds", anneal="linear", anneal_after_step=400, max_step_percent_after=0.2)
+    guidance = Guidance(latent, cfg, "x")
+    highs = [guidance.t_range(step)[1] for step in (0, 100, 200, 400, 800)]
+    assert highs == [980, 785, 590, 200, 200] and guidance.t_range(0)[0] == 20
+    guidance.cfg.max_step_percent_after = 0.0  # never below t_min
+    assert guidance.t_range(400) == (20, 20)
+
+
 def test_embedding_init_isolation_and_learning(prior):
     cfg = GuidanceConfig(method="lods-embedding", embedding_lr=1e-2, negative_prompt="a point cloud image")
     guidance = Guidance(prior, cfg, PROMPT, seed=0)

@@ -45,7 +45,8 @@ class GuidanceConfig:
     view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
     min_step_percent: float = 0.02  # t_min = 0.02·T
     max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
-    anneal_after_step: int = 500  # after this step t_max drops (LODS-3DGS: 0.98 -> 0.55); 0 = never
+    anneal: Literal["step", "linear"] = "step"  # step: LODS-3DGS's drop; linear: DreamGaussian's ramp
+    anneal_after_step: int = 500  # step: t_max drops after this step (0.98 -> 0.55); linear: reaches it here
     max_step_percent_after: float = 0.55
     embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
     lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
@@ -113,11 +114,16 @@ class Guidance(nn.Module):
 
     # --- one step ------------------------------------------------------------------------------------
     def t_range(self, step: int) -> tuple[int, int]:
-        """[t_min, t_max] (inclusive) at this step: t_max drops after ``anneal_after_step``."""
+        """[t_min, t_max] (inclusive) at this step. ``step``: t_max drops after ``anneal_after_step``;
+        ``linear``: t_max moves linearly from max_step_percent at step 0 to max_step_percent_after there."""
         c, T = self.cfg, self.prior.num_timesteps
-        late = 0 < c.anneal_after_step < step
-        hi = c.max_step_percent_after if late else c.max_step_percent
-        return int(c.min_step_percent * T), int(hi * T)
+        if c.anneal == "linear" and c.anneal_after_step > 0:
+            frac = min(step / c.anneal_after_step, 1.0)
+            hi = c.max_step_percent + frac * (c.max_step_percent_after - c.max_step_percent)
+        else:
+            late = 0 < c.anneal_after_step < step
+            hi = c.max_step_percent_after if late else c.max_step_percent
+        return round(c.min_step_percent * T), max(round(hi * T), round(c.min_step_percent * T))
 
     def text_embeddings(self, views: list[str]) -> Tensor:
         """Conditional embeddings [B, tokens, width], view-dependent when configured."""

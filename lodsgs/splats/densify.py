@@ -30,6 +30,10 @@ class DensifyConfig:
     refine_stop: int = 1000  # no statistics, refines or resets from this step on
     refine_every: int = 100
     grow_grad2d: float = 2e-4  # mean screen-space gradient (NDC units) above which a Gaussian clones/splits
+    # > 0: instead of grow_grad2d, grow the Gaussians above this quantile of the mean screen-space gradient
+    # at each refine. Scale-free: LODS divides the gradient by ω, so a fixed threshold means another thing
+    # per method and guidance scale (GaussianDreamer's 2e-4 assumes SDS's scale and summed view gradients).
+    grow_quantile: float = 0.0
     grow_scale3d: float = 0.003  # × scene_scale: clone below, split above (3DGS percent_dense)
     prune_opa: float = 0.005  # prune below this opacity
     prune_scale3d: float = 0.1  # × scene_scale: prune larger Gaussians (from the first refine on)
@@ -66,11 +70,18 @@ class Densifier:
             return
         # at the cap, growth stops (no gradient passes an infinite threshold) while pruning goes on
         at_cap = splats.num >= self.cfg.max_gaussians
-        self.strategy.grow_grad2d = float("inf") if at_cap else self.cfg.grow_grad2d
+        self.strategy.grow_grad2d = float("inf") if at_cap else self._grow_threshold()
         if meta["means2d"].grad is not None:  # None when nothing was in view of any camera
             self.strategy.step_post_backward(splats.params, optimizers, self.state, step, meta, packed=False)
         if self.cfg.reset_every > 0 and step > 0 and step % self.cfg.reset_every == 0:
             reset_opa(splats.params, optimizers, self.state, value=self.cfg.prune_opa * 2.0)
+
+    def _grow_threshold(self) -> float:
+        """grow_grad2d, or the grow_quantile of the mean gradients accumulated since the last refine."""
+        q, grad, count = self.cfg.grow_quantile, self.state.get("grad2d"), self.state.get("count")
+        if q <= 0 or grad is None or not (count > 0).any():
+            return self.cfg.grow_grad2d
+        return torch.quantile((grad / count.clamp_min(1))[count > 0].float(), q).item()
 
     def state_dict(self) -> dict[str, Any]:
         return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()}
