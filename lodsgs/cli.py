@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -302,7 +303,8 @@ def eval_cmd(
             name, sep, body = v.partition("=")
             if not sep or not name:
                 raise LodsgsError(f"--variant expects NAME=key=value,... (or NAME= for the preset as is), got {v!r}")
-            variants[name] = [kv.strip() for kv in body.split(",") if kv.strip()]
+            # commas inside [...] belong to a list value: "init.color=[0.5,0.5,0.5],run.steps=10"
+            variants[name] = [kv.strip() for kv in re.split(r",(?![^\[]*\])", body) if kv.strip()]
     base = list(sets or [])
     if seed is not None:
         base.append(f"run.seed={seed}")

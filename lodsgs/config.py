@@ -56,6 +56,7 @@ class InitConfig:
     path: str = ""
     opacity: float = 0.1
     sh_degree: int = 0
+    color: tuple[float, float, float] | None = None  # one start colour for every Gaussian (None: random)
 
 
 @dataclass
@@ -130,7 +131,11 @@ def parse_override(item: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise LodsgsError(f"--set expects section.key=value, got {item!r}")
     *sections, leaf = key.strip().split(".")
-    tree: dict[str, Any] = {leaf: yaml.safe_load(raw) if raw.strip() else raw}
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        raise LodsgsError(f"--set {item!r}: the value is not valid YAML; quote it or close its brackets") from None
+    tree: dict[str, Any] = {leaf: value}
     for s in reversed(sections):
         tree = {s: tree}
     return tree

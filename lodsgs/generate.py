@@ -25,7 +25,7 @@ from lodsgs.prior.guidance import Guidance
 from lodsgs.runlog import RunLog, make_record
 from lodsgs.splats.densify import Densifier
 from lodsgs.splats.io import read_ply, write_ply, write_splat
-from lodsgs.splats.model import Splats, make_optimizers
+from lodsgs.splats.model import Splats, make_optimizers, rgb_to_sh0
 from lodsgs.splats.render import render
 
 
@@ -73,7 +73,10 @@ def init_splats(cfg: Config) -> Splats:
         splats = read_ply(Path(c.path))
         return splats
     make = Splats.random_ball if c.kind == "ball" else Splats.sphere_shell
-    return make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
+    splats = make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
+    if c.color is not None:  # a flat start: what no view supervises keeps a neutral colour, not random specks
+        splats.params["sh0"].data[:] = rgb_to_sh0(torch.tensor(c.color))
+    return splats
 
 
 @dataclass

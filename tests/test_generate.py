@@ -132,3 +132,17 @@ def test_existing_run_folder_needs_resume_or_overwrite(cfg_for, tmp_path):
     generate("a cube", cfg, tmp_path, quiet=True)
     with pytest.raises(Exception, match="already exists; pass --resume"):
         generate("a cube", cfg, tmp_path, quiet=True)
+
+
+def test_flat_start_colour(cfg_for):
+    from lodsgs.generate import init_splats
+
+    splats = init_splats(cfg_for("sds", "latent", "init.color=[0.5,0.25,1.0]"))
+    assert torch.allclose(splats.rgb, torch.tensor([0.5, 0.25, 1.0]).expand(splats.num, 3), atol=1e-6)
+    assert init_splats(cfg_for("sds")).rgb.std(0).min() > 0.1  # the default start stays random
+
+
+def test_set_value_that_is_not_yaml_is_one_line(tiny_prior_dirs, tmp_path):
+    result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), *tiny_args(tiny_prior_dirs["latent"]),
+                                 "--set", "camera.width=[64"])
+    assert result.exit_code == 2 and "not valid YAML" in result.output and "Traceback" not in result.output
