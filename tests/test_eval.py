@@ -60,7 +60,8 @@ def test_summary_over_seeds_averages_r_precision_over_single_objects_only():
 @pytest.mark.slow
 def test_eval_command_writes_table_and_json_and_resumes(tmp_path):
     args = ["eval", "--caption", "a red cube", "--variant", "init=",
-            "--variant", "sds=guidance.method=sds,init.color=[0.5,0.5,0.5]", "--steps", "3", "--seeds", "0,1", "--out", str(tmp_path)]
+            "--variant", "sds=guidance.method=sds,init.color=[0.5,0.5,0.5]", "--steps", "3",
+            "--seeds", "0,1", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "eval.json").read_text())
