@@ -267,7 +267,7 @@ def prior_sanity(
 
 @app.command("eval", epilog="""**Examples**
 
-    lodsgs eval --out runs/eval                         # every caption, four methods
+    lodsgs eval --out runs/eval                         # every caption, every default method
 
     lodsgs eval --caption "a red cube" --caption "a blue torus" --steps 200
 
@@ -281,7 +281,7 @@ def eval_cmd(
     caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption to evaluate (repeatable).")] = None,
     variant: Annotated[list[str] | None, typer.Option(
         "--variant", help="NAME=key=value,... (repeatable; NAME 'init' scores the unoptimized start); "
-                         "default: init, SDS CFG 100 + 7.5, LODS-emb, LODS-LoRA.")] = None,
+                         "default: init, SDS CFG 100 + 7.5, LODS-emb (prior's ω and ω 1000), LODS-LoRA.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     seed: SeedOpt = None,

@@ -131,7 +131,8 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
-    return {"loss": float(g.loss.detach()), "prior_loss": float(g.prior_loss.detach()), **g.logs}
+    return {"loss": float(g.loss.detach()), "prior_loss": float(g.prior_loss.detach()), **g.logs,
+            "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
 
 
 def _all_optimizers(s: State) -> list[torch.optim.Optimizer]:

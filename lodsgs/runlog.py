@@ -10,7 +10,7 @@ from typing import Any
 from lodsgs.errors import LodsgsError
 
 LOG_NAME = "log.jsonl"
-GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss")
+GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss", "grown", "pruned")  # grown/pruned: run totals
 
 
 class RunLog:
@@ -89,6 +89,7 @@ def summarize(path: Path) -> dict[str, Any]:
     }
     for key in ("sds", "t_max", "prior_loss"):
         summary[f"{key}_start"], summary[f"{key}_end"] = first.get(key), last.get(key)
+    summary["grown"], summary["pruned"] = last.get("grown"), last.get("pruned")
     steps, seconds = last.get("step"), last.get("seconds")
     summary["seconds_per_step"] = seconds / steps if steps and seconds is not None else None
     return summary
@@ -109,6 +110,8 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"gaussians {num(summary['gaussians_start'])} -> min {num(summary['gaussians_min'])} / "
              f"max {num(summary['gaussians_max'])} -> {num(summary['gaussians_end'])}",
              f"sds loss {span('sds')}"]
+    if summary.get("grown") is not None:
+        parts.insert(2, f"densify grew {summary['grown']} / pruned {summary['pruned']}")
     if summary["prior_loss_start"] or summary["prior_loss_end"]:
         parts.append(f"prior loss {span('prior_loss')}")
     parts += [f"t_max {span('t_max')}", f"{num(summary['seconds_per_step'])} s/step"]

@@ -13,7 +13,7 @@ from lodsgs.runlog import format_summary, read_records, summarize
 
 runner = CliRunner()
 PROMPT = "a red cube"
-KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "gaussians", "lr", "seconds"}
+KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "grown", "pruned", "gaussians", "lr", "seconds"}
 TINY = ["run.steps=6", "run.batch=2", "run.turntable_frames=4", "run.turntable_size=32", "camera.width=32",
         "camera.height=32", "init.num=200", "densify.refine_start=2", "densify.refine_every=2",
         "densify.refine_stop=5", "guidance.anneal_after_step=3"]
@@ -84,18 +84,19 @@ def test_summarize_skips_a_truncated_last_line(tmp_path):
     log = tmp_path / "log.jsonl"
     rows = [(10, 2000, 0.12, 980.0, 0.5, 2.5), (20, 1800, 0.08, 980.0, 0.4, 5.0),
             (30, 5200, 0.05, 300.0, 0.3, 7.5), (40, 4100, 0.03, 300.0, 0.2, 10.0)]
-    lines = [json.dumps({"step": s, "gaussians": g, "sds": l, "t_max": tm, "prior_loss": p, "seconds": sec})
-             for s, g, l, tm, p, sec in rows]
+    lines = [json.dumps({"step": s, "gaussians": g, "sds": l, "t_max": tm, "prior_loss": p, "seconds": sec,
+                         "grown": 35 * s, "pruned": 10 * s}) for s, g, l, tm, p, sec in rows]
     log.write_text("\n".join(lines) + '\n{"step": 50, "gaussians": 99999, "sd')
     summary = summarize(log)
     assert summary == {
         "records": 4, "first_step": 10, "last_step": 40,
         "gaussians_start": 2000, "gaussians_min": 1800, "gaussians_max": 5200, "gaussians_end": 4100,
         "sds_start": 0.12, "sds_end": 0.03, "t_max_start": 980.0, "t_max_end": 300.0,
-        "prior_loss_start": 0.5, "prior_loss_end": 0.2, "seconds_per_step": 0.25,
+        "prior_loss_start": 0.5, "prior_loss_end": 0.2, "seconds_per_step": 0.25, "grown": 1400, "pruned": 400,
     }
     assert format_summary(summary) == ("log: 4 records, steps 10..40; gaussians 2000 -> min 1800 / max 5200 -> 4100; "
-                                       "sds loss 0.12 -> 0.03; prior loss 0.5 -> 0.2; t_max 980 -> 300; 0.25 s/step")
+                                       "densify grew 1400 / pruned 400; sds loss 0.12 -> 0.03; prior loss 0.5 -> 0.2; "
+                                       "t_max 980 -> 300; 0.25 s/step")
     log.write_text('{"step": 1')
     assert summarize(log) == {"records": 0} and format_summary(summarize(log)) == "log: empty"
 

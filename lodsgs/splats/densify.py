@@ -42,12 +42,25 @@ class DensifyConfig:
     max_gaussians: int = 200_000  # stop growing (pruning goes on) at this many Gaussians: a CPU memory guard
 
 
+class _CountingStrategy(DefaultStrategy):
+    """DefaultStrategy that remembers how many Gaussians its last refine grew and pruned (for the run log)."""
+
+    def _grow_gs(self, *args, **kwargs) -> tuple[int, int]:
+        n_dupli, n_split = super()._grow_gs(*args, **kwargs)
+        self.last_grown = n_dupli + n_split  # a duplicate adds one, a split turns one into two
+        return n_dupli, n_split
+
+    def _prune_gs(self, *args, **kwargs) -> int:
+        self.last_pruned = super()._prune_gs(*args, **kwargs)
+        return self.last_pruned
+
+
 class Densifier:
     """A DefaultStrategy plus its running state (grad2d, count, scene_scale); checkpoint with ``state_dict``."""
 
     def __init__(self, cfg: DensifyConfig):
         self.cfg = cfg
-        self.strategy = DefaultStrategy(
+        self.strategy = _CountingStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
             prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
             refine_every=cfg.refine_every,
@@ -55,6 +68,7 @@ class Densifier:
             reset_every=cfg.reset_every if cfg.reset_every > 0 else max(cfg.refine_start, 1),
         )
         self.state: dict[str, Any] = self.strategy.initialize_state(scene_scale=cfg.scene_scale)
+        self.state |= {"grown": 0, "pruned": 0}  # totals over the run, for the log (ints: gsplat's ops skip them)
 
     def active(self, step: int) -> bool:
         return self.cfg.enabled and step < self.cfg.refine_stop
@@ -72,7 +86,10 @@ class Densifier:
         at_cap = splats.num >= self.cfg.max_gaussians
         self.strategy.grow_grad2d = float("inf") if at_cap else self._grow_threshold()
         if meta["means2d"].grad is not None:  # None when nothing was in view of any camera
+            self.strategy.last_grown = self.strategy.last_pruned = 0
             self.strategy.step_post_backward(splats.params, optimizers, self.state, step, meta, packed=False)
+            self.state["grown"] += self.strategy.last_grown
+            self.state["pruned"] += self.strategy.last_pruned
         if self.cfg.reset_every > 0 and step > 0 and step % self.cfg.reset_every == 0:
             reset_opa(splats.params, optimizers, self.state, value=self.cfg.prune_opa * 2.0)
 
@@ -87,4 +104,5 @@ class Densifier:
         return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+        self.state = {"grown": 0, "pruned": 0} | {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                                   for k, v in state.items()}
