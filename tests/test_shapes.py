@@ -103,16 +103,17 @@ def test_short_generation_matches_the_caption(tmp_path):
     assert s["psnr"] > PSNR_THRESHOLD > start["psnr"] + 5, (s, start)
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     counts = [r["gaussians"] for r in records]
-    assert max(counts) > counts[0] and counts[-1] != max(counts)  # densification grows, then prunes, in budget
+    assert max(counts) > counts[0] and records[-1]["grown"] > 0 and records[-1]["pruned"] > 0  # inside the budget
     frames = side_by_side(run, frames=2, size=32)
     assert frames.shape == (2, 32, 64, 3) and frames[:, :, 32:].min() < 100  # the truth is drawn on the right
 
 
-# The random-ball start already overlaps a cone's silhouette (IoU 0.49 on the eval views), and every
-# method reached 0.87-0.96 on this caption in the README's eval (400 steps); 0.75 asks for most of that
-# gain, which an optimizer that ignored the prompt's shape or blew the scene up would not get.
-IOU_THRESHOLD = 0.75
-PSNR_THRESHOLD = 15.0
+# The random-ball start already overlaps a cone's silhouette (IoU 0.49, 13.6 dB on the eval views). With
+# the shapes profile the default method reached IoU 0.94 / 28.0 dB on this caption (seed 0) and 0.83-0.94 /
+# 19.9-28.0 dB over all six cone colours in the README's eval; 0.85 / 20 dB asks for a cone, with a margin
+# for seeds, that an optimizer ignoring the prompt's shape or blowing the scene up would not reach.
+IOU_THRESHOLD = 0.85
+PSNR_THRESHOLD = 20.0
 
 
 @pytest.mark.slow
