@@ -1,7 +1,7 @@
 """Densification and pruning through gsplat's DefaultStrategy, on either renderer, plus the opacity reset.
 
 gsplat 1.5.3's own periodic opacity reset never fires (``step % n == 0 & step > 0`` parses as a chained
-comparison that is always False; gsplat PR #776, shared/reference/gsplat.md §3.1), so ``reset_every`` is
+comparison that is always False; gsplat PR #776), so ``reset_every`` is
 applied here with ``gsplat.strategy.ops.reset_opa``. gsplat is pinned to 1.5.3, so the two never both fire.
 
 Call order per step (gsplat's trainers): render -> ``step_pre_backward`` -> loss.backward() -> optimizer
