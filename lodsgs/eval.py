@@ -161,9 +161,10 @@ class EvalResult:
             lines.append(f"| {variant} | {m['n']} | " + " | ".join(cells) + " |")
         seeds = max(m["seeds"] for m in summary.values()) if summary else 1
         r1_n = "/".join(str(n) for n in dict.fromkeys(m["r1_n"] for m in summary.values()))
-        lines += ["", f"R@1: share of the {r1_n} single-object runs whose captioned shape (colour) has the best "
-                  "yaw-aligned PSNR among the 5 shapes in that colour (6 colours of that shape)"
-                  + (f"; ± is the sd across {seeds} seeds of the per-seed means." if seeds > 1 else ".")]
+        if any(m["r1_n"] for m in summary.values()):  # no note for scenes-only tables
+            lines += ["", f"R@1: share of the {r1_n} single-object runs whose captioned shape (colour) has the "
+                      "best yaw-aligned PSNR among the 5 shapes in that colour (6 colours of that shape)"
+                      + (f"; ± is the sd across {seeds} seeds of the per-seed means." if seeds > 1 else ".")]
         return "\n".join(lines + ["", *self.caption_table(list(summary), seeds)]) + "\n"
 
     def caption_table(self, variants: list[str], seeds: int) -> list[str]:
