@@ -1,7 +1,7 @@
 """Run configuration: nested dataclasses, YAML presets and ``--set section.key=value`` overrides.
 
 Every key is checked: an unknown key or a value of the wrong type is an error naming the key and what
-is allowed, never silently added (the threestudio/DreamGaussian pitfall in STYLE.md).
+is allowed, never silently added (threestudio and DreamGaussian accept unknown keys silently).
 """
 
 from __future__ import annotations

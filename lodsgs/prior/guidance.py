@@ -3,14 +3,14 @@
 One interface: ``guidance(images, views, step)`` returns ``loss``, whose gradient w.r.t. the images is the
 method's gradient chained through ``encode_images``, and ``prior_loss``, the denoising loss that trains
 only the prior's learnable parameters (α or ψ). The caller adds them, calls backward once and steps every
-optimizer once: the official LODS code's single joint step (shared/reference/lods.md §3, §6, §10).
+optimizer once: the official LODS code's single joint step (yangxiaofeng/LODS, threestudio/systems/lods_gs.py).
 
 CFG convention (threestudio's): ε_cfg = ε_u + ω(ε_c − ε_u), so ω = 1 is the plain conditional model.
   sds             g = w(t)·(ε_cfg − ε),              ε_u from the fixed negative-prompt embedding
   lods-embedding  g = w(t)·(ε_cfg − ε)/ω,            ε_u from a learned embedding α (init: negative prompt)
   lods-lora       g = w(t)·(ε_cfg − ε)/ω,            ε_u from the UNet + LoRA ψ at scale 0.5, negative prompt
 with w(t) = 1 − ᾱ_t and t ~ U{t_min..t_max} per sample. α / ψ learn by the plain ε-MSE on the detached
-x0 with their own t ~ U{0..T−1} and noise, no CFG (lods.md §3). The guidance scale is not chosen per
+x0 with their own t ~ U{0..T−1} and noise, no CFG (lods_embedding_guidance.py, train_embedding). The guidance scale is not chosen per
 method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000, the paper's text-to-3D value).
 """
 
@@ -32,12 +32,12 @@ from lodsgs.prior.fused import guidance_loss
 METHODS = ("sds", "lods-embedding", "lods-lora")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, self- and cross-attention
 ADAPTER = "lods"
-ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods.md §3)
+ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods_gs.py)
 
 
 @dataclass
 class GuidanceConfig:
-    """Guidance settings; defaults are LODS-3DGS's (lods.md §7.2), presets hold each method's values."""
+    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml), presets hold each method's values."""
 
     method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
     guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000

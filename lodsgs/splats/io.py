@@ -5,7 +5,7 @@ viewers assume (SuperSplat turns every splat 180° about z to show captures upri
 (``Y_UP_TO_FILE``) writing rotates the scene 180° about x: p' = (x, -y, -z), q' = (0,1,0,0) ⊗ q = (-x, w, -z, y)
 in wxyz, and the SH coefficients of the bands odd under (y, z) -> (-y, -z) change sign (``SH_FLIP``).
 Every step is a sign flip or a permutation, so reading undoes it bit for bit.
-See shared/reference/viewers.md §1.1-1.2 for both layouts.
+Layouts: the INRIA 3DGS PLY (graphdeco-inria/gaussian-splatting) and antimatter15/splat's convert.py.
 """
 
 from __future__ import annotations

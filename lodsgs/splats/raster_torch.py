@@ -1,7 +1,7 @@
 """The project's PyTorch rasterizer for 3D Gaussian splats (CPU path of ``render``), with autograd backward.
 
 Projection and SH come from gsplat's pure-torch reference (``gsplat.cuda._torch_impl``); compositing is
-ours, because gsplat's own compositor needs CUDA (see shared/reference/gsplat.md §2.2, §5.2 "pairs2"):
+ours, because gsplat's own compositor needs CUDA (gsplat's rasterize_to_pixels is a CUDA kernel):
 
 1. Each visible (camera, Gaussian) entry enumerates the pixel centres inside its alpha >= 1/255 ellipse,
    row by row, as a packed list of (pixel, entry) pairs (index work only, under ``no_grad``).
