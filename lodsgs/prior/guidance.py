@@ -10,8 +10,8 @@ CFG convention (threestudio's): ε_cfg = ε_u + ω(ε_c − ε_u), so ω = 1 is 
   lods-embedding  g = w(t)·(ε_cfg − ε)/ω,            ε_u from a learned embedding α (init: negative prompt)
   lods-lora       g = w(t)·(ε_cfg − ε)/ω,            ε_u from the UNet + LoRA ψ at scale 0.5, negative prompt
 with w(t) = 1 − ᾱ_t and t ~ U{t_min..t_max} per sample. α / ψ learn by the plain ε-MSE on the detached
-x0 with their own t ~ U{0..T−1} and noise, no CFG (lods_embedding_guidance.py, train_embedding). The guidance scale is not chosen per
-method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000, the paper's text-to-3D value).
+x0 with their own t ~ U{0..T−1} and noise, no CFG (lods_embedding_guidance.py, train_embedding). The
+guidance scale is not chosen per method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000, the paper's text-to-3D value).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's 
 
 @dataclass
 class GuidanceConfig:
-    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml), presets hold each method's values."""
+    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's."""
 
     method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
     guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
