@@ -11,7 +11,8 @@ CFG convention (threestudio's): ε_cfg = ε_u + ω(ε_c − ε_u), so ω = 1 is 
   lods-lora       g = w(t)·(ε_cfg − ε)/ω,            ε_u from the UNet + LoRA ψ at scale 0.5, negative prompt
 with w(t) = 1 − ᾱ_t and t ~ U{t_min..t_max} per sample. α / ψ learn by the plain ε-MSE on the detached
 x0 with their own t ~ U{0..T−1} and noise, no CFG (lods_embedding_guidance.py, train_embedding). The
-guidance scale is not chosen per method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000, the paper's text-to-3D value).
+guidance scale is not chosen per method here: the presets set it (sds.yaml ω = 100; lods_*.yaml ω = 1000,
+the paper's text-to-3D value).
 """
 
 from __future__ import annotations
