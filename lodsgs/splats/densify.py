@@ -82,9 +82,12 @@ class Densifier:
         """Accumulate gradient statistics; on refine steps clone/split/prune; on reset steps reset opacity."""
         if not self.active(step):
             return
-        # at the cap, growth stops (no gradient passes an infinite threshold) while pruning goes on
+        # at the cap, growth stops (no gradient passes an infinite threshold) while pruning goes on; the
+        # threshold is only read on refine steps, so the quantile is computed there and nowhere else
+        refine = step > self.strategy.refine_start_iter and step % self.strategy.refine_every == 0
         at_cap = splats.num >= self.cfg.max_gaussians
-        self.strategy.grow_grad2d = float("inf") if at_cap else self._grow_threshold()
+        threshold = self._grow_threshold() if refine else self.cfg.grow_grad2d
+        self.strategy.grow_grad2d = float("inf") if at_cap else threshold
         if meta["means2d"].grad is not None:  # None when nothing was in view of any camera
             self.strategy.last_grown = self.strategy.last_pruned = 0
             self.strategy.step_post_backward(splats.params, optimizers, self.state, step, meta, packed=False)
