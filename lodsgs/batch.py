@@ -68,30 +68,40 @@ class BatchResult:
 
 
 def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print) -> BatchResult:
-    """Generate every prompt not already done; one failure (even OOM) is recorded and the rest go on."""
-    from lodsgs.generate import Interrupted, generate, load_prior, resolve_device
+    """Generate every prompt not already done with these settings; one failure (even OOM) is recorded and the
+    rest go on. A prompt done with other settings (another config hash) is generated again."""
+    from lodsgs.config import config_hash
+    from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
 
+    if out.exists() and not out.is_dir():
+        raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the batch")
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
-    done = {p for p, r in read_manifest(manifest).items() if r.get("status") == "done"}
+    digest = config_hash(cfg)
+    records = read_manifest(manifest)
     result = BatchResult()
     prior = None
     for k, prompt in enumerate(prompts, 1):
-        if prompt in done:
+        old = records.get(prompt, {})
+        if old.get("status") == "done" and old.get("config_hash") == digest:
             result.skipped += 1
             log(f"[{k}/{len(prompts)}] skip (done): {prompt}")
             continue
-        log(f"[{k}/{len(prompts)}] generate: {prompt}")
+        changed = " (settings changed since it was done: generating again)" if old.get("status") == "done" else ""
+        log(f"[{k}/{len(prompts)}] generate: {prompt}{changed}")
         start = time.perf_counter()
-        record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method}
+        record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
         try:
             if prior is None:
                 prior = load_prior(cfg, resolve_device(cfg.run.device))
-            run_dir = _generate_resuming(generate, prompt, cfg, out, quiet, prior)
+            resume = resumable(out / run_name(prompt, cfg.run.seed), cfg)  # an interrupted run of these settings
+            run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1
         except (KeyboardInterrupt, Interrupted):  # the user stopped the whole batch: rerun resumes it
-            raise
+            raise Interrupted(f"batch interrupted at prompt {k}/{len(prompts)} ({prompt!r}); rerun the same "
+                              "command to continue: finished prompts are skipped, this one resumes from its "
+                              "checkpoint") from None
         except Exception as e:  # isolate every failure, out-of-memory included
             message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
             record.update(status="failed", error=message,
@@ -101,11 +111,3 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         record["seconds"] = round(time.perf_counter() - start, 2)
         append_manifest(manifest, record)
     return result
-
-
-def _generate_resuming(generate, prompt, cfg, out, quiet, prior) -> Path:
-    """Continue an interrupted run of this prompt if its checkpoint exists, else start it afresh."""
-    from lodsgs.generate import run_name
-
-    ckpt = out / run_name(prompt, cfg.run.seed) / "checkpoints" / "last.pt"
-    return generate(prompt, cfg, out, resume=ckpt.exists(), overwrite=True, quiet=quiet, prior=prior)

@@ -40,15 +40,21 @@ def friendly(fn):
         except LodsgsError as e:
             typer.echo(f"lodsgs: error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # disk full, permission denied, a read-only or vanished folder
+            where = f" ({e.filename})" if e.filename else ""
+            typer.echo(f"lodsgs: error: {e.strerror or e}{where}; files finished before this are kept, none is "
+                       "left half-written; free space or fix the folder, then rerun (--resume continues a run "
+                       "from its last checkpoint)", err=True)
+            raise typer.Exit(2) from None
     return wrapper
 
 
 def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None):
     """Preset, then the prior's recommended settings, then explicit options and --set."""
     from lodsgs.config import load_config
-    overrides = []
-    if prior:
-        overrides.append(f"prior.model={prior}")
+    overrides: list = []
+    if prior:  # names and paths are taken literally (a folder may hold '#', '[' or ':'), not parsed as YAML
+        overrides.append(("prior.model", prior))
     if seed is not None:
         overrides.append(f"run.seed={seed}")
     if steps is not None:
@@ -56,7 +62,7 @@ def build_config(config, sets, prior=None, seed=None, steps=None, device=None, i
     if device is not None:
         overrides.append(f"run.device={device}")
     if init is not None:
-        overrides += ["init.kind=ply", f"init.path={init}"]
+        overrides += ["init.kind=ply", ("init.path", str(init))]
     return load_config(config, overrides + list(sets or []))
 
 
@@ -129,13 +135,15 @@ def render(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .gif (default: in the run).")] = None,
 ) -> None:
     """Render a turntable GIF (and MP4 if ffmpeg is installed) of a run or a .ply."""
-    import imageio.v2 as imageio
-
-    from lodsgs.media import save_mp4, turntable
+    from lodsgs.media import save_gif, save_mp4, turntable
+    if frames < 1 or size < 8:
+        raise LodsgsError(f"--frames must be >= 1 and --size >= 8 pixels; got --frames {frames} --size {size}")
+    if out is not None and out.suffix.lower() != ".gif":
+        raise LodsgsError(f"--out {str(out)!r} must end in .gif")
     cfg, splats, folder = _load_run(run_dir)
     gif = out or folder / "turntable.gif"
     images = turntable(splats, cfg.camera, frames, size, cfg.render.background)
-    imageio.mimsave(gif, list(images), duration=1000 / 12, loop=0)
+    save_gif(images, gif)
     save_mp4(images, gif.with_suffix(".mp4"))
     typer.echo(f"wrote {gif}")
 
@@ -174,7 +182,11 @@ def info(path: Annotated[Path, typer.Argument(help="A run folder or a .ply file.
     if path.is_dir():
         metrics = path / "metrics.json"
         if metrics.exists():
-            typer.echo(json.dumps(json.loads(metrics.read_text()), indent=2))
+            try:
+                typer.echo(json.dumps(json.loads(metrics.read_text()), indent=2))
+            except ValueError:
+                raise LodsgsError(f"{str(metrics)!r} is not valid JSON (a damaged run folder?); rerun the "
+                                  "run with --overwrite, or delete the file") from None
         else:
             ckpt = path / "checkpoints" / "last.pt"
             state = "unfinished (resumable)" if ckpt.exists() else "empty"

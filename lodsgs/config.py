@@ -7,6 +7,8 @@ is allowed, never silently added (threestudio and DreamGaussian accept unknown k
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import yaml
 
 from lodsgs.cameras import CameraConfig
 from lodsgs.errors import LodsgsError
+from lodsgs.files import write_text
 from lodsgs.prior.guidance import GuidanceConfig
 from lodsgs.splats.densify import DensifyConfig
 
@@ -114,7 +117,7 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
     if not isinstance(data, dict):
         raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
     merge(cfg, data, where=str(path))
-    trees = [parse_override(item) for item in overrides or []]
+    trees = [literal_override(*item) if isinstance(item, tuple) else parse_override(item) for item in overrides or []]
     for tree in trees:
         merge(cfg, tree, where="--set")
     profile = prior_profile(cfg.prior.model)
@@ -122,7 +125,18 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
         merge(cfg, yaml.safe_load(profile.read_text()) or {}, where=str(profile))
         for tree in trees:
             merge(cfg, tree, where="--set")
+    validate(cfg)
     return cfg
+
+
+def literal_override(key: str, value: Any) -> dict[str, Any]:
+    """``("init.path", "scan #2.ply")`` -> {"init": {"path": "scan #2.ply"}}: the value taken as given, not as
+    YAML (paths may hold ``#``, ``[`` or ``:``)."""
+    *sections, leaf = key.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for s in reversed(sections):
+        tree = {s: tree}
+    return tree
 
 
 def parse_override(item: str) -> dict[str, Any]:
@@ -210,6 +224,89 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
+# --- ranges ---------------------------------------------------------------------------------------
+
+# (dotted key, lowest allowed, highest allowed, whether the lowest is excluded); None = unbounded
+RANGES: list[tuple[str, float | None, float | None, bool]] = [
+    ("run.steps", 1, None, False), ("run.batch", 1, None, False), ("run.checkpoint_every", 1, None, False),
+    ("run.log_every", 0, None, False), ("run.preview_every", 0, None, False),
+    ("run.turntable_frames", 1, None, False), ("run.turntable_size", 8, None, False),
+    ("guidance.guidance_scale", 0, None, True), ("guidance.min_step_percent", 0, 1, False),
+    ("guidance.max_step_percent", 0, 1, False), ("guidance.max_step_percent_after", 0, 1, False),
+    ("guidance.anneal_after_step", 0, None, False), ("guidance.embedding_lr", 0, None, False),
+    ("guidance.lora_lr", 0, None, False), ("guidance.lora_rank", 1, None, False),
+    ("guidance.lora_scale", 0, None, False), ("guidance.prior_loss_weight", 0, None, False),
+    ("camera.width", 8, None, False), ("camera.height", 8, None, False), ("camera.eval_radius", 0, None, True),
+    ("camera.eval_fovy", 0, 180, True), ("camera.jitter", 0, None, False),
+    ("render.random_background", 0, 1, False),
+    ("init.num", 1, None, False), ("init.radius", 0, None, True), ("init.opacity", 0, 1, True),
+    ("init.sh_degree", 0, 3, False),
+    *((f"optim.{k}", 0, None, False) for k in ("means", "means_final", "scales", "quats", "opacities", "sh0", "shN")),
+    ("densify.refine_every", 1, None, False), ("densify.refine_start", 0, None, False),
+    ("densify.refine_stop", 0, None, False), ("densify.grow_grad2d", 0, None, False),
+    ("densify.grow_quantile", 0, 1, False), ("densify.grow_scale3d", 0, None, False),
+    ("densify.prune_opa", 0, 1, False), ("densify.prune_scale3d", 0, None, True),
+    ("densify.scene_scale", 0, None, True), ("densify.reset_every", 0, None, False),
+    ("densify.max_gaussians", 1, None, False),
+]
+
+
+def validate(cfg: Config) -> None:
+    """Check every numeric setting's range (and the few that depend on each other) in one-line errors, so a
+    bad value fails at load time and not after a run (or with a traceback)."""
+    for key, lo, hi, open_lo in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if (lo is not None and (value <= lo if open_lo else value < lo)) or (hi is not None and value > hi):
+            want = " and ".join(w for w in (
+                None if lo is None else (f"> {lo}" if open_lo else f">= {lo}"),
+                None if hi is None else f"<= {hi}") if w)
+            raise LodsgsError(f"bad value {value!r} for {key!r}: must be {want}")
+    g = cfg.guidance
+    if not g.min_step_percent < g.max_step_percent:
+        raise LodsgsError(f"guidance.min_step_percent ({g.min_step_percent}) must be below guidance.max_step_percent "
+                          f"({g.max_step_percent})")
+    if not g.min_step_percent < g.max_step_percent_after:
+        raise LodsgsError(f"guidance.min_step_percent ({g.min_step_percent}) must be below "
+                          f"guidance.max_step_percent_after ({g.max_step_percent_after})")
+    c = cfg.camera
+    for name in ("elevation", "azimuth", "radius", "fovy"):
+        lo, hi = getattr(c, name)
+        if lo > hi:
+            raise LodsgsError(f"camera.{name} is a [low, high] range; got [{lo}, {hi}]")
+    if c.radius[0] <= 0 or not 0 < c.fovy[0] <= c.fovy[1] < 180:
+        raise LodsgsError("camera.radius must be > 0 and camera.fovy within (0, 180) degrees")
+    if cfg.init.color is not None and not all(0 <= v <= 1 for v in cfg.init.color):
+        raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
+    if not all(0 <= v <= 1 for v in cfg.render.background):
+        raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
+
+
+# Settings that change what a run produces: everything but these (how often it logs, where it runs, how its
+# turntable is drawn). Their hash names a result, so batch and eval can tell a stale result from a current one.
+NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every", "turntable_frames",
+                       "turntable_size"}}
+
+
+def config_hash(cfg: Config) -> str:
+    """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out)."""
+    d = to_dict(cfg)
+    for section, keys in NOT_IN_HASH.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    """``section.key: old -> new`` for every result-deciding setting that differs between two to_dict()s."""
+    out = []
+    for section in a.keys() | b.keys():
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(sa.keys() | sb.keys()):
+            if key not in NOT_IN_HASH.get(section, set()) and sa.get(key) != sb.get(key):
+                out.append(f"{section}.{key}: {sa.get(key)!r} -> {sb.get(key)!r}")
+    return sorted(out)
+
+
 def to_dict(cfg: Config) -> dict:
     """Plain nested dict (tuples as lists) for YAML and checkpoints."""
     def plain(x: Any) -> Any:
@@ -222,4 +319,4 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

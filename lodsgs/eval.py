@@ -200,17 +200,21 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, log) -> tuple[Splats, float, int]:
-    """One run's splats, seconds and steps: the start for 'init', else generated unless metrics.json exists."""
-    from lodsgs.generate import generate, init_splats, run_name
+    """One run's splats, seconds and steps: the start for 'init'; else the run folder's result if it was made
+    with these settings (config hash), else generated (resuming an interrupted run of the same settings)."""
+    from lodsgs.generate import finished, generate, init_splats, resumable, run_name
     from lodsgs.splats.io import read_ply
 
     if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
         return init_splats(cfg), 0.0, 0
     folder = out / variant
     run_dir = folder / run_name(caption, cfg.run.seed)
-    if not (run_dir / "metrics.json").exists():
-        log(f"[{variant}] {caption} (seed {cfg.run.seed})")
-        generate(caption, cfg, folder, overwrite=True, quiet=True, prior=prior(cfg))
+    if not finished(run_dir, cfg):
+        resume = resumable(run_dir, cfg)
+        why = " (resuming its checkpoint)" if resume else (
+            " (settings changed: generating again)" if (run_dir / "metrics.json").exists() else "")
+        log(f"[{variant}] {caption} (seed {cfg.run.seed}){why}")
+        generate(caption, cfg, folder, resume=resume, overwrite=True, quiet=True, prior=prior(cfg))
     done = json.loads((run_dir / "metrics.json").read_text())
     return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"]
 
@@ -228,7 +232,7 @@ def run_eval(
     """Generate each caption with each variant and seed (resuming finished runs) and score against ground truth;
     ``seeds`` None means the config's seed."""
     from lodsgs.config import load_config
-    from lodsgs.generate import load_prior, resolve_device
+    from lodsgs.generate import Interrupted, load_prior, resolve_device
 
     views = views or EvalViews()
     known = world.captions()
@@ -249,7 +253,11 @@ def run_eval(
 
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
         for (variant, _), cfg in cfgs.items():
-            splats, seconds, steps = result_splats(caption, variant, cfg, out, prior, log)
+            try:
+                splats, seconds, steps = result_splats(caption, variant, cfg, out, prior, log)
+            except (KeyboardInterrupt, Interrupted):
+                raise Interrupted(f"eval interrupted at {variant!r} / {caption!r}; rerun the same command to "
+                                  "continue: finished runs are reused, this one resumes from its checkpoint") from None
             s = score_caption(splats, caption, views, world.BACKGROUND)
             result.rows.append({"variant": variant, "caption": caption, "seed": cfg.run.seed, **s,
                                 "seconds": seconds, "steps": steps})

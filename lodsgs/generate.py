@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import resource
 import shutil
@@ -18,8 +17,9 @@ from pathlib import Path
 import torch
 
 from lodsgs.cameras import sample_cameras, view_labels
-from lodsgs.config import Config, save_config, to_dict
+from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
+from lodsgs.files import atomic_path, write_text
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
 from lodsgs.runlog import RunLog, make_record
@@ -48,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_prompt(prompt: str, model_path: str) -> None:
+def check_prompt(prompt: str, model_path: str, name: str = "") -> None:
     """Reject empty prompts, and words a closed-vocabulary prior (one with vocabulary.json) never saw."""
     if not prompt or not prompt.strip():
         raise LodsgsError("the prompt is empty; give a text such as \"a red cube\"")
@@ -56,13 +56,34 @@ def check_prompt(prompt: str, model_path: str) -> None:
     if vocab_file.is_file():
         known = json.loads(vocab_file.read_text())
         words = set(known["words"])
-        unknown = [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in words]
-        if unknown:
-            examples = "; ".join(known.get("captions", [])[:6])
-            raise LodsgsError(
-                f"the {Path(model_path).name!r} prior does not know the word(s) {', '.join(unknown)}; "
-                f"it knows: {', '.join(sorted(words))} (e.g. {examples})"
-            )
+        examples = "; ".join(known.get("captions", [])[:6])
+        found = re.findall(r"[^\W\d_]+", prompt.lower())  # whole words, accented letters included
+        unknown = [w for w in found if w not in words]
+        if unknown or not found:
+            what = f"the word(s) {', '.join(unknown)}" if unknown else f"the prompt {prompt!r} (it has no words)"
+            raise LodsgsError(f"the {name or Path(model_path).name!r} prior does not know {what}; "
+                              f"it knows: {', '.join(sorted(words))} (e.g. {examples})")
+
+
+def resumable(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds a checkpoint that ``--resume`` with ``cfg`` would continue (same settings)."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return False
+    try:
+        read_checkpoint(ckpt, cfg)
+    except LodsgsError:
+        return False
+    return True
+
+
+def finished(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds a finished run made with ``cfg``'s result-deciding settings (its hash)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return metrics.get("config_hash") == config_hash(cfg) and (run_dir / "splats.ply").is_file()
 
 
 def init_splats(cfg: Config) -> Splats:
@@ -162,29 +183,52 @@ def save_checkpoint(s: State, cfg: Config, path: Path) -> None:
         "prior_optimizer": s.prior_optimizer.state_dict() if s.prior_optimizer else None,
         "camera_rng": s.camera_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
+        # gsplat's split draws from the CUDA generator: without its state a CUDA resume is not exact
+        "cuda_rng": torch.cuda.get_rng_state(s.splats.device) if s.splats.device.type == "cuda" else None,
         "config": to_dict(cfg),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
-def load_checkpoint(s: State, path: Path, cfg: Config, device: torch.device) -> None:
+CHECKPOINT_KEYS = {"step", "seconds", "sh_degree", "splats", "optimizers", "densifier", "guidance",
+                   "prior_optimizer", "camera_rng", "torch_rng", "config"}
+
+
+def read_checkpoint(path: Path, cfg: Config) -> dict:
+    """A checkpoint's payload, on the CPU, refused in one line if it is not a lodsgs checkpoint or was made
+    with settings that decide a different result (a resume must continue the same run)."""
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file
-        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {e}") from None
+        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
+        raise LodsgsError(f"{str(path)!r} is not a lodsgs checkpoint; delete it, or rerun without --resume "
+                          "(with --overwrite) to start again")
+    diff = config_diff(ck["config"], to_dict(cfg))
+    if diff:
+        raise LodsgsError(f"the checkpoint was made with other settings ({'; '.join(diff[:4])}"
+                          f"{'; ...' if len(diff) > 4 else ''}); resume with the original settings, or start "
+                          "again with --overwrite")
+    return ck
+
+
+def load_checkpoint(s: State, ck: dict, cfg: Config, device: torch.device) -> None:
+    """Restore a read_checkpoint() payload into ``s``: tensors to ``device``, RNG states from the CPU copies."""
     s.splats = Splats(ck["splats"], sh_degree=ck["sh_degree"]).to(device)
     s.optimizers = make_optimizers(s.splats, lrs(cfg, ck["step"]))
     for k, o in s.optimizers.items():
-        o.load_state_dict(ck["optimizers"][k])
-    s.densifier.load_state_dict(ck["densifier"])
+        o.load_state_dict(ck["optimizers"][k])  # Adam moves its state to its parameters' device
+    s.densifier.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                 for k, v in ck["densifier"].items()})
     s.guidance.load_state_dict(ck["guidance"])
     if s.prior_optimizer and ck["prior_optimizer"]:
         s.prior_optimizer.load_state_dict(ck["prior_optimizer"])
     s.camera_rng.set_state(ck["camera_rng"])
     torch.set_rng_state(ck["torch_rng"])
+    if ck.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(ck["cuda_rng"], device)
     s.step, s.seconds = ck["step"], ck["seconds"]
 
 
@@ -202,37 +246,41 @@ def generate(
     overwrite: bool = False,
     quiet: bool = False,
     prior: DiffusionPrior | None = None,
-    interrupt_at: int | None = None,
 ) -> Path:
     """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder."""
     from lodsgs.media import write_media, write_progress
     from lodsgs.progress import StepProgress
 
     model_path = resolve_model(cfg.prior.model)
-    check_prompt(prompt, model_path)
+    check_prompt(prompt, model_path, cfg.prior.model)
     device = resolve_device(cfg.run.device)
     run_dir = Path(out) / run_name(prompt, cfg.run.seed)
     ckpt = run_dir / "checkpoints" / "last.pt"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the run folders")
     if resume and not ckpt.exists():
         raise LodsgsError(f"nothing to resume: no checkpoint at {str(ckpt)!r}; run without --resume")
     if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it "
                           "or --overwrite to start again")
+    if cfg.init.kind == "ply" and cfg.init.path and not Path(cfg.init.path).is_file():
+        raise LodsgsError(f"cannot read {cfg.init.path!r}: no such file (init.path / --init)")
+    saved = read_checkpoint(ckpt, cfg) if resume else None
+    # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
+    prior = prior or load_prior(cfg, device)
+    s = build_state(cfg, prompt, prior, device)
+    if saved is not None:
+        load_checkpoint(s, saved, cfg, device)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ".write-test").touch()
         (run_dir / ".write-test").unlink()
     except OSError as e:
         raise LodsgsError(f"cannot write to output folder {str(run_dir)!r}: {e.strerror}") from None
-    if not resume:  # a fresh start: no previews left from an overwritten run
-        shutil.rmtree(run_dir / "progress", ignore_errors=True)
+    if not resume:  # a fresh start: nothing of an overwritten run stays beside the new config
+        clear_outputs(run_dir)
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "prompt.txt").write_text(prompt + "\n")
-
-    prior = prior or load_prior(cfg, device)
-    s = build_state(cfg, prompt, prior, device)
-    if resume:
-        load_checkpoint(s, ckpt, cfg, device)
+    write_text(run_dir / "prompt.txt", prompt + "\n")
 
     stop = {"signal": None}
 
@@ -256,8 +304,6 @@ def generate(
                     runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))
                 if cfg.run.preview_every > 0 and s.step % cfg.run.preview_every == 0:
                     write_progress(s.splats, cfg, run_dir, s.step)
-                if interrupt_at is not None and s.step == interrupt_at:
-                    stop["signal"] = signal.SIGINT
                 if stop["signal"] is not None:
                     save_checkpoint(s, cfg, ckpt)
                     raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
@@ -278,6 +324,7 @@ def generate(
         "method": cfg.guidance.method,
         "prior": cfg.prior.model,
         "device": str(device),
+        "config_hash": config_hash(cfg),
         "steps": s.step,
         "seconds": round(s.seconds, 3),
         "steps_per_second": round(s.step / max(s.seconds, 1e-9), 3),
@@ -285,8 +332,22 @@ def generate(
         "peak_memory_mb": peak_memory_mb(device),
         "final": {k: round(v, 6) for k, v in logs.items()},
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return run_dir
+
+
+OUTPUTS = ("splats.ply", "splats.splat", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",
+           "log.jsonl", "config.yaml", "prompt.txt", "checkpoints", "progress")
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Delete what a previous run wrote in ``run_dir`` (its outputs, checkpoint, log and previews)."""
+    for name in OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from lodsgs.cameras import CameraConfig, eval_cameras
+from lodsgs.files import atomic_path
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
 
@@ -43,20 +44,36 @@ def save_mp4(frames: np.ndarray, path: Path, fps: int = 12) -> bool:
     if not ffmpeg:
         return False
     f, h, w, _ = frames.shape
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # ffmpeg infers the format from the suffix
     cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-           "-r", str(fps), "-i", "-", "-pix_fmt", "yuv420p", "-vcodec", "libx264", str(path)]
+           "-r", str(fps), "-i", "-", "-pix_fmt", "yuv420p", "-vcodec", "libx264", str(tmp)]
     result = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
-    return result.returncode == 0
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, path)
+    return True
 
 
 def write_media(splats: Splats, cfg, run_dir: Path) -> None:
     """turntable.gif (+ .mp4) and preview.png (8 views) for a finished run."""
     frames = turntable(splats, cfg.camera, cfg.run.turntable_frames, cfg.run.turntable_size,
                        cfg.render.background)
-    imageio.mimsave(run_dir / "turntable.gif", list(frames), duration=1000 / 12, loop=0)
+    save_gif(frames, run_dir / "turntable.gif")
     save_mp4(frames, run_dir / "turntable.mp4")
     step = max(len(frames) // 8, 1)
-    imageio.imwrite(run_dir / "preview.png", grid(frames[::step][:8]))
+    save_png(grid(frames[::step][:8]), run_dir / "preview.png")
+
+
+def save_gif(frames: np.ndarray, path: Path, fps: int = 12) -> None:
+    """An endlessly looping GIF, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # opened here: an unwritable path fails before imageio
+        imageio.mimsave(f, list(frames), format="gif", duration=1000 / fps, loop=0)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        imageio.imwrite(f, image, format="png")
 
 
 def write_progress(splats: Splats, cfg, run_dir: Path, step: int) -> Path:
@@ -65,7 +82,5 @@ def write_progress(splats: Splats, cfg, run_dir: Path, step: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         views = turntable(splats, cfg.camera, 4, cfg.run.turntable_size, cfg.render.background)
-    tmp = path.with_name(path.name + ".tmp")
-    imageio.imwrite(tmp, grid(views), format="png")
-    os.replace(tmp, path)
+    save_png(grid(views), path)
     return path

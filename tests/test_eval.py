@@ -84,3 +84,26 @@ def test_eval_refuses_captions_outside_the_world(tmp_path):
 def test_eval_refuses_bad_seeds_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["eval", "--seeds", "a,b", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--seeds" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_eval_reruns_changed_settings_and_resumes_interrupted_runs(tmp_path, sigint_at):
+    from lodsgs.generate import run_name
+
+    def run(*extra):
+        return CliRunner().invoke(app, ["eval", "--caption", "a red cube", "--out", str(tmp_path), *extra])
+
+    sds = "sds=guidance.method=sds"
+    assert run("--variant", sds, "--steps", "2").exit_code == 0
+    metrics = tmp_path / "sds" / run_name("a red cube", 0) / "metrics.json"
+    changed = run("--variant", sds, "--steps", "3")  # other --steps: generated again, not reused
+    assert "settings changed" in changed.output and json.loads(metrics.read_text())["steps"] == 3
+    redefined = run("--variant", "sds=guidance.method=sds,guidance.guidance_scale=50", "--steps", "3")
+    assert "settings changed" in redefined.output  # same variant name, other definition
+    sigint_at(2)
+    cut = run("--variant", "lods=guidance.method=lods-embedding", "--steps", "4")
+    assert cut.exit_code == 130 and "rerun the same command" in cut.output
+    resumed = run("--variant", "lods=guidance.method=lods-embedding", "--steps", "4")
+    assert resumed.exit_code == 0 and "resuming its checkpoint" in resumed.output
+    log = (tmp_path / "lods" / run_name("a red cube", 0) / "log.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["step"] == 4

@@ -51,11 +51,12 @@ def test_cli_generate_writes_every_output(tiny_prior_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["sds", "lods-embedding", "lods-lora"])
-def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method):
+def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)
     full = generate("a red cube", cfg, tmp_path / "full", quiet=True)
+    sigint_at(4)
     with pytest.raises(Exception, match="interrupted at step 4"):
-        generate("a red cube", cfg, tmp_path / "cut", quiet=True, interrupt_at=4)
+        generate("a red cube", cfg, tmp_path / "cut", quiet=True)
     resumed = generate("a red cube", cfg, tmp_path / "cut", quiet=True, resume=True)
     a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
     for key in a.params:

@@ -59,11 +59,12 @@ def test_overwrite_starts_a_fresh_log(tiny_prior_dirs, tmp_path):
     assert not (run / "progress").exists()
 
 
-def test_resume_continues_the_log_without_duplicates(tiny_prior_dirs, tmp_path):
+def test_resume_continues_the_log_without_duplicates(tiny_prior_dirs, tmp_path, sigint_at):
     cfg = tiny_cfg(tiny_prior_dirs["pixel"], "run.log_every=1", "run.checkpoint_every=3")
     full = read_records(generate(PROMPT, cfg, tmp_path / "full", quiet=True) / "log.jsonl")
+    sigint_at(4)
     with pytest.raises(Interrupted, match="interrupted at step 4"):
-        generate(PROMPT, cfg, tmp_path / "cut", quiet=True, interrupt_at=4)
+        generate(PROMPT, cfg, tmp_path / "cut", quiet=True)
     cut = next((tmp_path / "cut").iterdir())
     assert [r["step"] for r in read_records(cut / "log.jsonl")] == [1, 2, 3, 4]
     info = runner.invoke(app, ["info", str(cut)])  # an unfinished run with a log is summarized too

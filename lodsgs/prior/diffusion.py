@@ -8,11 +8,11 @@ A model is a hub id or a local folder in the diffusers pipeline layout: ``unet/`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
@@ -54,14 +54,29 @@ def _check_folder(model: str) -> None:
                           "(and vae/ for latent models)")
 
 
-def _has_vae(model: str) -> bool:
-    """Whether the model is a latent one: a ``vae/`` folder, or a ``vae`` entry in the hub's model_index.json."""
-    if Path(model).expanduser().is_dir():
-        return (Path(model).expanduser() / "vae").is_dir()
-    from huggingface_hub import hf_hub_download
+# the diffusers components in fp32 safetensors: SD repos also hold .ckpt, .bin, fp16 and ONNX copies (GBs)
+HUB_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*", "*/model.safetensors",
+                "*/diffusion_pytorch_model.safetensors"]
 
-    index = json.loads(Path(hf_hub_download(model, "model_index.json")).read_text())
-    return bool(index.get("vae")) and index["vae"][0] is not None
+
+def _hub_snapshot(repo_id: str) -> str:
+    """A hub model's local snapshot folder: from the Hugging Face cache, else downloaded once (the components
+    only). One clear error, and no per-file retries, when it is neither cached nor reachable."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True)
+    except Exception:  # not (fully) cached: fetch it
+        pass
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
+    except Exception as e:  # offline, unknown or gated repo id
+        raise _missing_model_error(repo_id, e) from None
+
+
+def _has_vae(model: str) -> bool:
+    """Whether the (local) model is a latent one: it has a ``vae/`` folder."""
+    return (Path(model).expanduser() / "vae").is_dir()
 
 
 def _missing_model_error(model: str, err: Exception) -> LodsgsError:
@@ -102,10 +117,12 @@ class DiffusionPrior(nn.Module):
         The scheduler config is always read into a ``DDPMScheduler`` (SD-2.1-base ships a PNDM config):
         guidance only needs the training noise schedule ᾱ_t, which every scheduler config describes.
         """
-        if _looks_like_path(model):
-            _check_folder(model)
-            model = str(Path(model).expanduser())
+        if not _looks_like_path(model):
+            model = _hub_snapshot(model)
+        _check_folder(model)
+        model = str(Path(model).expanduser())
         device = torch.device(device)
+        transformers.utils.logging.disable_progress_bar()  # per-load "Loading weights" bars: noise in every run
         if device.type == "cpu":  # denormal floats (e.g. LoRA/VAE activations near zero) slow CPU math ~30x
             torch.set_flush_denormal(True)
         dtype = torch.float16 if device.type == "cuda" else torch.float32

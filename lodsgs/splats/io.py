@@ -18,6 +18,7 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from lodsgs.errors import LodsgsError
+from lodsgs.files import atomic_path
 from lodsgs.splats.model import SH_C0, Splats, num_sh_bases
 
 Y_UP_TO_FILE = True  # files are written y-down (INRIA/COLMAP) from our y-up world, and read back y-up
@@ -191,8 +192,10 @@ def read_splat(path: Path | str) -> dict[str, np.ndarray]:
 
 
 def _write(path: Path | str, write) -> None:
-    """Run ``write(str(path))``, turning an unwritable destination into a one-line LodsgsError."""
+    """Run ``write`` on a temporary name then rename (atomic), turning an unwritable destination into a one-line
+    LodsgsError."""
     try:
-        write(str(path))
+        with atomic_path(Path(path)) as tmp:
+            write(str(tmp))
     except OSError as e:
         raise LodsgsError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
