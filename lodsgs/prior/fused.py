@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-CUDA_EXT_DIR = Path(__file__).resolve().parents[2] / "cuda_ext"
+# an installed package carries the sources in lodsgs/_cuda/ (setup.py copies them); a source checkout
+# (editable install) reads the top-level cuda_ext/ they are copied from
+_PACKAGED, _CHECKOUT = Path(__file__).resolve().parents[1] / "_cuda", Path(__file__).resolve().parents[2] / "cuda_ext"
 _ext = None
 _ext_failed = False
 
@@ -30,6 +32,15 @@ def guidance_grad_reference(eps_c: Tensor, eps_u: Tensor, eps: Tensor, w: Tensor
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def cuda_sources() -> list[Path] | None:
+    """The kernel's source files (binding.cpp, guidance_kernel.cu), packaged or from the checkout; None if absent."""
+    for folder in (_PACKAGED, _CHECKOUT):
+        files = [folder / "binding.cpp", folder / "guidance_kernel.cu"]
+        if all(f.is_file() for f in files):
+            return files
+    return None
+
+
 def load_extension():
     """Build (once, cached by torch) and return the CUDA extension, or None with a one-time warning."""
     global _ext, _ext_failed
@@ -37,9 +48,11 @@ def load_extension():
         try:
             from torch.utils.cpp_extension import load
 
-            sources = [str(CUDA_EXT_DIR / "binding.cpp"), str(CUDA_EXT_DIR / "guidance_kernel.cu")]
-            _ext = load(name="lodsgs_guidance", sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
-                        verbose=False)
+            sources = cuda_sources()
+            if sources is None:
+                raise FileNotFoundError(f"kernel sources found neither in {_PACKAGED} nor in {_CHECKOUT}")
+            _ext = load(name="lodsgs_guidance", sources=[str(f) for f in sources], extra_cflags=["-O3"],
+                        extra_cuda_cflags=["-O3"], verbose=False)
         except Exception as e:  # no toolkit, compiler mismatch, ...
             _ext_failed = True
             warnings.warn(f"lodsgs: fused CUDA guidance kernel unavailable ({type(e).__name__}: "
