@@ -15,7 +15,8 @@ from torch import Tensor
 
 @dataclass
 class CameraConfig:
-    """Ranges for random orbit cameras (degrees and world units); defaults follow LODS-3DGS §7.2."""
+    """Ranges for random orbit cameras (degrees and world units); defaults follow the official 3DGS config
+    (yangxiaofeng/LODS configs/lods-gs-embedding.yaml)."""
 
     elevation: tuple[float, float] = (-10.0, 45.0)
     azimuth: tuple[float, float] = (-180.0, 180.0)

@@ -174,11 +174,23 @@ def export(
     typer.echo(f"wrote {target}")
 
 
-@app.command(epilog="**Example**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d")
+@app.command(epilog="**Examples**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d\n\n    lodsgs info --system")
 @friendly
-def info(path: Annotated[Path, typer.Argument(help="A run folder or a .ply file.")]) -> None:
+def info(
+    path: Annotated[Path | None, typer.Argument(help="A run folder or a .ply file.")] = None,
+    system: Annotated[bool, typer.Option("--system", help="What this machine can run: torch, CUDA, gsplat, "
+                                                          "nvcc, the fused kernel.")] = False,
+) -> None:
     """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any) or a .ply file."""
     from lodsgs.splats.io import read_ply
+    if system:
+        from lodsgs.system import system_report
+        for key, value in system_report().items():
+            typer.echo(f"{key:22s} {value}")
+        if path is None:
+            return
+    if path is None:
+        raise LodsgsError("give a run folder or a .ply file, or --system")
     if path.is_dir():
         metrics = path / "metrics.json"
         if metrics.exists():

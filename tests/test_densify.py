@@ -3,6 +3,7 @@ growth and pruning with the CPU renderer, consistent optimizers, the opacity res
 
 import math
 
+import pytest
 import torch
 
 from lodsgs.cameras import orbit_cameras
@@ -171,3 +172,14 @@ def test_grow_quantile_is_free_of_the_gradient_scale():
     synthetic_step(fixed, optimizers, d, 2, 1e-6 * torch.arange(1.0, 11.0))
     assert fixed.num == 8  # the fixed threshold grows nothing: only the two prunes
     assert counts[0] == counts[1] > 8
+
+
+def test_another_gsplat_version_fails_loudly(monkeypatch):
+    import gsplat
+
+    from lodsgs.errors import LodsgsError
+
+    monkeypatch.setattr(gsplat, "__version__", "1.6.0")
+    with pytest.raises(LodsgsError, match="written for gsplat 1.5.3"):
+        Densifier(DensifyConfig())
+    Densifier(DensifyConfig(enabled=False))  # without densification the version does not matter

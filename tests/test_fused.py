@@ -124,3 +124,17 @@ def test_installed_wheel_carries_the_kernel_sources(tmp_path):
         result = subprocess.run(["nvcc", "-c", found, "-o", str(tmp_path / "k.o"), "-arch=sm_80"],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
+
+
+def test_info_system_reports_the_kernel_and_cuda():
+    from typer.testing import CliRunner
+
+    from lodsgs.cli import app
+
+    result = CliRunner().invoke(app, ["info", "--system"])
+    assert result.exit_code == 0, result.output
+    for key in ("torch", "CUDA GPU", "nvcc", "fused guidance kernel", "gsplat"):
+        assert key in result.output
+    assert "sources in" in result.output  # the checkout's cuda_ext/ (an installed wheel: lodsgs/_cuda/)
+    if not torch.cuda.is_available():
+        assert "none: generation runs on the CPU path" in result.output

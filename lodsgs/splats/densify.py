@@ -14,11 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import gsplat
 import torch
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import reset_opa
 
+from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
+
+GSPLAT_VERSION = "1.5.3"  # the reset workaround below and _CountingStrategy's hooks are written for it
 
 
 @dataclass
@@ -59,6 +63,10 @@ class Densifier:
     """A DefaultStrategy plus its running state (grad2d, count, scene_scale); checkpoint with ``state_dict``."""
 
     def __init__(self, cfg: DensifyConfig):
+        if cfg.enabled and gsplat.__version__ != GSPLAT_VERSION:
+            raise LodsgsError(f"lodsgs densification is written for gsplat {GSPLAT_VERSION} (its own opacity reset "
+                              f"never fires there, gsplat PR #776, so lodsgs resets itself); found gsplat "
+                              f"{gsplat.__version__}: install gsplat=={GSPLAT_VERSION}, or set densify.enabled=false")
         self.cfg = cfg
         self.strategy = _CountingStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
