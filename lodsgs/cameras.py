@@ -142,12 +142,16 @@ def sample_cameras(cfg: CameraConfig, batch: int, generator: torch.Generator | N
 
 
 def eval_cameras(cfg: CameraConfig, n: int, width: int | None = None, height: int | None = None,
-                 elevation: float | None = None) -> Cameras:
-    """``n`` cameras evenly spaced in azimuth at the evaluation elevation, radius and fov (turntables)."""
-    azimuth = torch.arange(n, dtype=torch.float32) * 360.0 / n
-    elev = cfg.eval_elevation if elevation is None else elevation
-    return orbit_cameras(torch.full((n,), elev), azimuth, torch.full((n,), cfg.eval_radius),
-                         torch.full((n,), cfg.eval_fovy), width or cfg.width, height or cfg.height)
+                 elevation: float | tuple[float, ...] | None = None, yaw: float = 0.0) -> Cameras:
+    """``n`` cameras evenly spaced in azimuth (turned by ``yaw`` degrees) at the evaluation radius and fov, at
+    the evaluation elevation or at each of ``elevation`` (n per elevation): turntables and held-out views."""
+    elevations = [cfg.eval_elevation] if elevation is None else (
+        [float(elevation)] if isinstance(elevation, (int, float)) else [float(e) for e in elevation])
+    azimuth = (torch.arange(n, dtype=torch.float32) * 360.0 / n + yaw).repeat(len(elevations))
+    elev = torch.tensor(elevations, dtype=torch.float32).repeat_interleave(n)
+    m = len(azimuth)
+    return orbit_cameras(elev, azimuth, torch.full((m,), cfg.eval_radius), torch.full((m,), cfg.eval_fovy),
+                         width or cfg.width, height or cfg.height)
 
 
 def view_label(elevation: float, azimuth: float, cfg: CameraConfig | None = None) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lodsgs.cameras import orbit_cameras
+from lodsgs.cameras import CameraConfig, Cameras, eval_cameras
 from lodsgs.errors import LodsgsError
+from lodsgs.fit import psnr_db
 from lodsgs.prior.shapes import world
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
@@ -49,17 +50,16 @@ class EvalViews:
     yaw_steps: int = 36
 
 
-def eval_cameras(v: EvalViews, yaw: float = 0.0):
-    az = torch.arange(v.n, dtype=torch.float32) * 360.0 / v.n
-    el = torch.tensor(v.elevations, dtype=torch.float32)
-    az, el = (x.reshape(-1) for x in torch.meshgrid(az, el, indexing="ij"))
-    return orbit_cameras(el, az + yaw, v.radius, v.fovy, v.size, v.size)
+def view_cameras(v: EvalViews, yaw: float = 0.0) -> Cameras:
+    """The held-out views (turned by ``yaw`` degrees) as cameras."""
+    cam = CameraConfig(eval_radius=v.radius, eval_fovy=v.fovy)
+    return eval_cameras(cam, v.n, v.size, v.size, elevation=v.elevations, yaw=yaw)
 
 
 @torch.no_grad()
 def images(splats: Splats, views: EvalViews, background: tuple[float, float, float], yaw: float = 0.0) -> Images:
     """Colour and silhouette of ``splats`` at the eval views turned by ``yaw`` degrees."""
-    out = render(splats, eval_cameras(views, yaw), background=torch.tensor(background, dtype=torch.float32))
+    out = render(splats, view_cameras(views, yaw), background=torch.tensor(background, dtype=torch.float32))
     return out.rgb, out.alpha[..., 0] > 0.5
 
 
@@ -88,7 +88,7 @@ def metrics(mse: float, yaw: float, out: Images, truth: Images) -> dict:
     (rgb, mask), (gt_rgb, gt_mask) = out, truth
     iou = ((mask & gt_mask).sum() / (mask | gt_mask).sum().clamp(min=1)).item()
     inside = (rgb - gt_rgb).abs()[gt_mask].mean().item() if gt_mask.any() else float("nan")
-    return {"psnr": -10.0 * torch.log10(torch.tensor(max(mse, 1e-12))).item(), "iou": iou,
+    return {"psnr": psnr_db(mse), "iou": iou,
             "color_error": inside, "yaw": yaw}
 
 

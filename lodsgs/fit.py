@@ -6,6 +6,7 @@ It proves the core (renderer gradients, densification, per-key optimizers) conve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -76,4 +77,9 @@ def fit(
 
 def psnr(a: Tensor, b: Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]."""
-    return float(-10 * torch.log10(F.mse_loss(a, b).clamp_min(1e-12)))
+    return psnr_db(F.mse_loss(a.float(), b.float()).item())
+
+
+def psnr_db(mse: float) -> float:
+    """PSNR in dB of a mean squared error of [0, 1] images (floored at 1e-12: identical images give 120 dB)."""
+    return -10.0 * math.log10(max(mse, 1e-12))

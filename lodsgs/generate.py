@@ -48,6 +48,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prompt_words(prompt: str) -> list[str]:
+    """The words of a prompt, lower-cased and whole (accented letters included; digits and punctuation not)."""
+    return re.findall(r"[^\W\d_]+", prompt.lower())
+
+
+def unknown_words(prompt: str, vocabulary: set[str] | list[str]) -> list[str]:
+    """The prompt's words a closed vocabulary lacks, in order."""
+    known = set(vocabulary)
+    return [w for w in prompt_words(prompt) if w not in known]
+
+
 def check_prompt(prompt: str, model_path: str, name: str = "") -> None:
     """Reject empty prompts, and words a closed-vocabulary prior (one with vocabulary.json) never saw."""
     if not prompt or not prompt.strip():
@@ -57,8 +68,7 @@ def check_prompt(prompt: str, model_path: str, name: str = "") -> None:
         known = json.loads(vocab_file.read_text())
         words = set(known["words"])
         examples = "; ".join(known.get("captions", [])[:6])
-        found = re.findall(r"[^\W\d_]+", prompt.lower())  # whole words, accented letters included
-        unknown = [w for w in found if w not in words]
+        found, unknown = prompt_words(prompt), unknown_words(prompt, words)
         if unknown or not found:
             what = f"the word(s) {', '.join(unknown)}" if unknown else f"the prompt {prompt!r} (it has no words)"
             raise LodsgsError(f"the {name or Path(model_path).name!r} prior does not know {what}; "

@@ -29,8 +29,10 @@ def test_objects_are_deterministic_and_coloured():
 
 
 def test_vocabulary_check_names_unknown_words():
-    assert world.unknown_words("a red cube, front view") == []
-    assert world.unknown_words("a fluffy corgi") == ["fluffy", "corgi"]
+    from lodsgs.generate import unknown_words
+
+    assert unknown_words("a red cube, front view", world.vocabulary()) == []
+    assert unknown_words("a fluffy corgi", world.vocabulary()) == ["fluffy", "corgi"]
 
 
 def test_dataset_has_the_stated_views_and_captions():
@@ -84,7 +86,7 @@ def test_unknown_words_are_refused_with_the_vocabulary(tmp_path):
 def test_short_generation_matches_the_caption(tmp_path):
     """The default method (LODS-embedding) with the shapes prior's own budget: green, and cone-shaped."""
     from lodsgs.config import load_config
-    from lodsgs.eval import EvalViews, eval_cameras, score
+    from lodsgs.eval import EvalViews, score, view_cameras
     from lodsgs.generate import generate, init_splats
     from lodsgs.prior.shapes.compare import side_by_side
     from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name
@@ -97,7 +99,7 @@ def test_short_generation_matches_the_caption(tmp_path):
     s = score(splats, truth, views, world.BACKGROUND)
     start = score(init_splats(cfg), truth, views, world.BACKGROUND)
     with torch.no_grad():
-        images = render(splats, eval_cameras(views), background=world.BACKGROUND).rgb
+        images = render(splats, view_cameras(views), background=world.BACKGROUND).rgb
     assert nearest_color_name(dominant_color(images).mean(0)) == "green"
     assert s["iou"] > IOU_THRESHOLD > start["iou"] + 0.2, (s, start)
     assert s["psnr"] > PSNR_THRESHOLD > start["psnr"] + 5, (s, start)

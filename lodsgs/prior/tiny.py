@@ -32,11 +32,12 @@ def _clip_tokenizer(folder: Path, max_length: int) -> CLIPTokenizer:
                          pad_token="<|endoftext|>")
 
 
-def _word_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
-    """A word-level ``tokenizers`` model (lower-cased, unknown words -> [UNK]) wrapped as a fast tokenizer."""
+def word_tokenizer(words: list[str], max_length: int) -> PreTrainedTokenizerFast:
+    """A word-level ``tokenizers`` model over ``words`` and ',' (lower-cased, unknown words -> [UNK], BOS/EOS
+    added) wrapped as a fast tokenizer: the shapes prior's and the tiny pixel prior's."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", ",", *WORDS])}
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", ",", *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -59,7 +60,7 @@ def build_tiny_prior(path: Path | str, kind: str = "latent", seed: int = 0) -> P
         attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     tokenizer = (_clip_tokenizer(path / "tokenizer", TOKENS[kind]) if kind == "latent"
-                 else _word_tokenizer(TOKENS[kind]))
+                 else word_tokenizer(list(WORDS), TOKENS[kind]))
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=64,
                                         num_hidden_layers=1, num_attention_heads=2,
                                         max_position_embeddings=TOKENS[kind], pad_token_id=tokenizer.pad_token_id,

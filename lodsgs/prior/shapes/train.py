@@ -17,30 +17,22 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from lodsgs.prior.shapes import world
 from lodsgs.prior.shapes.dataset import DatasetConfig, caption_text, load_or_build
+from lodsgs.prior.tiny import word_tokenizer
 
 MAX_TOKENS = 16
 WIDTH = 128  # text-encoder width = UNet cross-attention width
 CAPTION_DROPOUT = 0.12  # empty prompt, for classifier-free guidance
 VIEW_SUFFIX_PROB = 0.5
 V_WEIGHT_CAP = 20.0  # 1/alpha_bar reaches 20 at t ~ 0.85 T; beyond it x0 is guesswork anyway
-SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the world's vocabulary (+ ','), padded to MAX_TOKENS with BOS/EOS."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + [","] + world.vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-                                   unk_token="[UNK]", model_max_length=MAX_TOKENS)
+    return word_tokenizer(world.vocabulary(), MAX_TOKENS)
 
 
 def build_models(vocab_size: int) -> tuple[UNet2DConditionModel, CLIPTextModel]:

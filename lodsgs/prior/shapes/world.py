@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 
 import torch
 from torch import Tensor
@@ -66,11 +65,6 @@ def has_front(caption: str) -> bool:
 def vocabulary() -> list[str]:
     words = {w for c in captions() for w in c.split()} | set(VIEW_WORDS)
     return sorted(words)
-
-
-def unknown_words(prompt: str) -> list[str]:
-    known = set(vocabulary())
-    return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in known]
 
 
 # --- surfaces: points, normals and area, all deterministic given a generator -----------------------
