@@ -248,18 +248,31 @@ def prior_captions() -> None:
         typer.echo(caption)
 
 
-@prior_app.command("train-shapes", epilog="**Example**\n\n    lodsgs prior train-shapes --out my_shapes --minutes 60")
+@prior_app.command("train-shapes", epilog="""**Examples**
+
+    lodsgs prior train-shapes --out my_shapes --minutes 60
+
+    lodsgs prior train-shapes --out my_shapes --minutes 65 --lr 2e-4 --init lodsgs/prior/shapes/weights
+""")
 @friendly
 def prior_train_shapes(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (diffusers layout).")] = Path("shapes_prior"),
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 50.0,
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 60.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's checkpoint.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     init: Annotated[Path | None, typer.Option(help="Warm-start from an exported prior folder.")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 4e-4,
+    batch: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    weighting: Annotated[str, typer.Option(help="Loss weight per sample: v = min(1/ᾱ_t, 20), eps = 1.")] = "v",
 ) -> None:
     """Train the offline shapes prior on the procedural world (about an hour on 2 CPU cores)."""
     from lodsgs.prior.shapes import train
-    argv = ["--out", str(out), "--minutes", str(minutes), "--seed", str(seed)] + (["--resume"] if resume else [])
+    if weighting not in ("v", "eps"):
+        raise LodsgsError(f"--weighting must be v or eps, got {weighting!r}")
+    if minutes <= 0 or lr <= 0 or batch < 1:
+        raise LodsgsError("--minutes and --lr must be > 0 and --batch >= 1")
+    argv = ["--out", str(out), "--minutes", str(minutes), "--seed", str(seed), "--lr", str(lr), "--batch", str(batch),
+            "--weighting", weighting] + (["--resume"] if resume else [])
     train.main(argv + (["--init", str(init)] if init else []))
 
 

@@ -27,7 +27,8 @@ GSPLAT_VERSION = "1.5.3"  # the reset workaround below and _CountingStrategy's h
 
 @dataclass
 class DensifyConfig:
-    """Adaptive density control; defaults are LODS-3DGS's (densify every 100 steps from 300 to 1000)."""
+    """Adaptive density control; defaults are LODS-3DGS's (refine_start 300, refine_stop 1000, every 100: gsplat
+    refines at steps 400, 500, ..., 900)."""
 
     enabled: bool = True
     refine_start: int = 300  # first refine at the first multiple of refine_every after this step

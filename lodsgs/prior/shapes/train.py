@@ -1,6 +1,6 @@
 """Train the shapes prior: a pixel-space text-conditioned UNet + small CLIP text encoder, from scratch.
 
-``python -m lodsgs.prior.shapes.train --out DIR --minutes 45 [--resume] [--init WEIGHTS]``: seeded,
+``python -m lodsgs.prior.shapes.train --out DIR --minutes 60 [--resume] [--init WEIGHTS]``: seeded,
 resumable (checkpoint every few minutes), bounded by wall-clock time, and saved in the diffusers folder layout that
 ``DiffusionPrior`` loads exactly like Stable Diffusion (no ``vae/``: the pixel-space path).
 """
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="final diffusers folder")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints and dataset cache (default: OUT/.work)")
-    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--seed", type=int, default=0)
