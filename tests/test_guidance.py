@@ -278,3 +278,31 @@ def test_resumed_guidance_continues_identically(latent, method):
 def test_bad_method_is_a_clear_error(latent):
     with pytest.raises(LodsgsError, match="valid: sds, lods-embedding, lods-lora"):
         Guidance(latent, GuidanceConfig(method="vsd"), PROMPT)
+
+
+def test_fp16_prior_loss_is_scaled_so_alpha_gets_gradients(tiny_prior_dirs):
+    """ε-MSE over an SD-sized batch hands each element ~1e-5; in an fp16 UNet that underflows. With the loss
+    weight lowered 1e4× (the tiny prior's few elements are otherwise safe), the naive fp16 path gives α exactly
+    zero gradient; the scaled one matches fp32."""
+    from lodsgs.prior.diffusion import DiffusionPrior
+    from lodsgs.prior.guidance import Guidance, GuidanceConfig
+
+    images = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+
+    def alpha_grad(half: bool, scaled: bool) -> torch.Tensor:
+        prior = DiffusionPrior.from_pretrained(tiny_prior_dirs["pixel"])
+        if half:
+            prior.unet.half()
+            prior.text_encoder.half()
+        g = Guidance(prior, GuidanceConfig(method="lods-embedding", prior_loss_weight=1e-4), "a red cube", seed=0)
+        assert g.grad_scale == (4096.0 if half else 1.0)
+        if not scaled:
+            g.grad_scale = 1.0
+        g._prior_loss(prior.encode_images(images).detach()).backward()
+        return g.embedding.grad.float().flatten()
+
+    reference = alpha_grad(half=False, scaled=True)
+    assert reference.abs().max() > 0
+    assert (alpha_grad(half=True, scaled=False) == 0).all()  # underflow: α would never train
+    scaled = alpha_grad(half=True, scaled=True)
+    assert torch.nn.functional.cosine_similarity(scaled, reference, dim=0) > 0.999

@@ -31,6 +31,7 @@ from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.fused import guidance_loss
 
 METHODS = ("sds", "lods-embedding", "lods-lora")
+PRIOR_LOSS_SCALE = 2.0**12  # fp16 UNets only: lifts ~1e-5 per-element gradients into fp16's normal range
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, self- and cross-attention
 ADAPTER = "lods"
 ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods_gs.py)
@@ -88,8 +89,17 @@ class Guidance(nn.Module):
             self.embedding = nn.Parameter(self.negative.detach().float().clone())
         elif cfg.method == "lods-lora":
             self.lora = _add_lora(prior, cfg.lora_rank)
+        # an fp16 UNet (CUDA) gets the prior loss's gradient scaled up before it enters the network and scaled
+        # back down on α / ψ (fp32): ε-MSE over B·4·64·64 elements hands each one ~1e-5, where fp16 underflows
+        self.grad_scale = PRIOR_LOSS_SCALE if prior.dtype == torch.float16 else 1.0
+        for p in self.trainable():
+            p.register_hook(lambda g: g / self.grad_scale)
 
     # --- what the caller optimizes and checkpoints ---------------------------------------------------
+    def trainable(self) -> list[nn.Parameter]:
+        """α (lods-embedding), ψ (lods-lora) or nothing (sds)."""
+        return [self.embedding] if self.embedding is not None else list(self.lora)
+
     def param_groups(self) -> list[dict]:
         """Adam groups for α or ψ (lr, betas (0.9, 0.99), eps 1e-15, no weight decay); [] for sds."""
         if self.embedding is not None:
@@ -179,6 +189,8 @@ class Guidance(nn.Module):
             pred = self.prior.predict_noise(x_t, t, self.embedding.expand(B, -1, -1))
         else:
             pred = self.prior.predict_noise(x_t, t, self.negative.expand(B, -1, -1), lora_scale=self.cfg.lora_scale)
+        if self.grad_scale != 1.0:
+            pred = _ScaleGrad.apply(pred, self.grad_scale)
         return self.cfg.prior_loss_weight * F.mse_loss(pred, noise)
 
     @contextmanager
@@ -195,6 +207,19 @@ class Guidance(nn.Module):
         finally:
             sync()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale`` (static loss scaling for fp16)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
 
 
 def _remove_adapters(prior: DiffusionPrior) -> None:
