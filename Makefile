@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install test test-fast lint bench
+.PHONY: install test test-fast lint bench bench-sd gpu-check
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -17,3 +17,13 @@ lint:
 
 bench:
 	$(PY) -m benchmarks.run
+
+bench-sd:
+	$(PY) -m benchmarks.run sd
+
+# On a CUDA machine without a package index: put the wheels it lacks (gsplat, diffusers, transformers, peft,
+# plyfile, typer, rich, ...) in .whl/ and they are installed to /tmp/lodsgs-site first.
+gpu-check:
+	@if ls .whl/*.whl >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/lodsgs-site .whl/*.whl; fi
+	PYTHONPATH=/tmp/lodsgs-site:$(CURDIR):$$PYTHONPATH $(PY) -m benchmarks.gpu_check --out .

@@ -1,5 +1,5 @@
-"""Guidance step time split (text / VAE / UNet / fused / backward / other) on the tiny latent prior (CPU), and,
-where a GPU is present, on an SD-2.1-shaped UNet + VAE + text encoder with random weights at 512² × 8.
+"""Guidance step time split (text / VAE / UNet / fused / backward / other) on the tiny latent prior (CPU); the
+SD-2.1-sized step is ``benchmarks/bench_sd.py``.
 
 The split comes from ``Guidance.timings`` (CUDA-synchronized sections); backward is timed as one block:
 it is the VAE encoder's backward plus, for LODS, the UNet's backward into α / ψ.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -66,32 +65,5 @@ def run(quick: bool = False) -> list[str]:
         for method in ("lods-embedding", "sds", "lods-lora"):
             total, parts = split(prior, images, method, 5 if quick else 20)
             out += lines(f"tiny latent prior, CPU, batch 4, {method}", total, parts)
-    if torch.cuda.is_available():
-        out += lines("SD-2.1-shaped UNet+VAE+CLIP-H (random weights), CUDA fp16, 512² x 8, lods-embedding",
-                     *split(sd_shaped_prior(), torch.rand(8, 512, 512, 3, device="cuda", requires_grad=True),
-                            "lods-embedding", 3 if quick else 10))
-    else:
-        out.append("SD-2.1-shaped timing: skipped (no CUDA GPU here)")
+    out.append("SD-2.1-sized step: `make bench-sd` (benchmarks/bench_sd.py)")
     return out
-
-
-def sd_shaped_prior() -> DiffusionPrior:
-    """SD-2.1-base's UNet, VAE and text-encoder shapes with random weights (timing does not depend on values)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from lodsgs.prior.tiny import _clip_tokenizer
-
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                                use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        sample_size=512, scaling_factor=0.18215)
-    with tempfile.TemporaryDirectory() as d:
-        tok = _clip_tokenizer(Path(d) / "tokenizer", 77)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
-                                        num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
-                                        hidden_act="gelu", pad_token_id=tok.pad_token_id,
-                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    return DiffusionPrior(unet.half(), sched, text.half(), tok, vae.half(), name="sd21-shaped").cuda()

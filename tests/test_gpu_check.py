@@ -1,0 +1,22 @@
+"""`make gpu-check`'s CPU side: without a GPU the CUDA checks say skipped, resume runs and is exact, and both
+reports are written."""
+
+import json
+
+import torch
+
+from benchmarks import gpu_check
+
+
+def test_gpu_check_runs_its_cpu_parts_and_writes_reports(tmp_path):
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a GPU is present: run `make gpu-check` itself")
+    report = gpu_check.main(["--out", str(tmp_path), "--skip-sd"])
+    checks = report["checks"]
+    assert "skipped" in checks["render: gsplat CUDA vs CPU rasterizer"]
+    assert "skipped" in checks["fused kernel vs PyTorch reference"]
+    resume = checks["generate -> SIGINT -> --resume"]
+    assert resume["device"] == "cpu" and resume["equal"] is True, resume
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["checks"]["generate -> SIGINT -> --resume"]["equal"]
+    assert "## generate -> SIGINT -> --resume" in (tmp_path / "gpu-check.md").read_text()
