@@ -147,3 +147,25 @@ def test_set_value_that_is_not_yaml_is_one_line(tiny_prior_dirs, tmp_path):
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), *tiny_args(tiny_prior_dirs["latent"]),
                                  "--set", "camera.width=[64"])
     assert result.exit_code == 2 and "not valid YAML" in result.output and "Traceback" not in result.output
+
+
+def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_path, sigint_at):
+    """Checkpoints are read on the CPU (RNG states must be CPU ByteTensors for set_state) and may carry a CUDA
+    generator state, which a CPU resume ignores; the torch and camera RNG states come back exactly."""
+    from lodsgs.generate import Interrupted, read_checkpoint
+
+    cfg = cfg_for("lods-embedding", "pixel")
+    full = generate("a cube", cfg, tmp_path / "full", quiet=True)
+    sigint_at(3)
+    with pytest.raises(Interrupted):
+        generate("a cube", cfg, tmp_path, quiet=True)
+    ckpt = tmp_path / run_name("a cube", 0) / "checkpoints" / "last.pt"
+    payload = torch.load(ckpt, weights_only=False)
+    payload["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # as written on a GPU machine
+    torch.save(payload, ckpt)
+    ck = read_checkpoint(ckpt, cfg)
+    assert all(ck[k].device.type == "cpu" and ck[k].dtype == torch.uint8 for k in ("torch_rng", "camera_rng"))
+    torch.manual_seed(123)  # disturb the global generator: the resume must put it back
+    resumed = generate("a cube", cfg, tmp_path, quiet=True, resume=True)
+    a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)

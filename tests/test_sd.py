@@ -11,8 +11,12 @@ from lodsgs.prior.sd_random import build_sd21_random, parameter_counts
 
 @pytest.fixture(scope="module")
 def sd_prior(tmp_path_factory):
+    import shutil
+
     folder = build_sd21_random(tmp_path_factory.mktemp("sd") / "sd21-random")
-    return DiffusionPrior.from_pretrained(str(folder))
+    prior = DiffusionPrior.from_pretrained(str(folder))
+    shutil.rmtree(folder)  # 2.6 GB: pytest keeps its last three temporary folders
+    yield prior
 
 
 @pytest.mark.slow
