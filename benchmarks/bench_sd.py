@@ -39,7 +39,7 @@ def step(prior: DiffusionPrior, images: torch.Tensor, method: str) -> dict[str, 
     images.grad = None
     sync()
     start = time.perf_counter()
-    out = guidance(images, ["front", "side", "back", "side"] * (len(images) // 4 + 1), 0)
+    out = guidance(images, (["front", "side", "back", "side"] * len(images))[: len(images)], 0)
     t0 = time.perf_counter()
     out.loss.backward()  # to the renders, through the VAE encoder
     sync()
