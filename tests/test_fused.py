@@ -102,7 +102,8 @@ def test_kernel_compiles_with_nvcc(tmp_path):
 
 @pytest.mark.slow
 def test_installed_wheel_carries_the_kernel_sources(tmp_path):
-    """``pip wheel .`` into a fresh venv: the installed package finds lodsgs/_cuda/ (and nvcc compiles it there)."""
+    """``pip wheel .``, installed on its own: the installed package finds lodsgs/_cuda/ (and nvcc compiles it)."""
+    import os
     import sys
     import zipfile
 
@@ -112,14 +113,14 @@ def test_installed_wheel_carries_the_kernel_sources(tmp_path):
     wheel = next((tmp_path / "dist").glob("lodsgs-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"lodsgs/_cuda/guidance_kernel.cu", "lodsgs/_cuda/binding.cpp"} <= set(names)
-    venv = tmp_path / "venv"  # system site-packages for torch & co.; the wheel's lodsgs shadows the checkout's
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
-    py = venv / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True,
-                   timeout=600)
-    found = subprocess.run([py, "-c", "from lodsgs.prior.fused import cuda_sources; print(cuda_sources()[1])"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300, check=True).stdout.strip()
-    assert found.startswith(str(venv)) and found.endswith("lodsgs/_cuda/guidance_kernel.cu"), found
+    site = tmp_path / "site"  # the installed wheel alone on PYTHONPATH shadows the checkout's editable install
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = "from lodsgs.prior.fused import cuda_sources; print(cuda_sources()[1])"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=300, check=True).stdout.strip()
+    assert found.startswith(str(site)) and found.endswith("lodsgs/_cuda/guidance_kernel.cu"), found
     if shutil.which("nvcc"):
         result = subprocess.run(["nvcc", "-c", found, "-o", str(tmp_path / "k.o"), "-arch=sm_80"],
                                 capture_output=True, text=True, timeout=300)
