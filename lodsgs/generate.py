@@ -273,8 +273,6 @@ def generate(
     if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it "
                           "or --overwrite to start again")
-    if cfg.init.kind == "ply" and cfg.init.path and not Path(cfg.init.path).is_file():
-        raise LodsgsError(f"cannot read {cfg.init.path!r}: no such file (init.path / --init)")
     saved = read_checkpoint(ckpt, cfg) if resume else None
     # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
     prior = prior or load_prior(cfg, device)

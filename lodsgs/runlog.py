@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from lodsgs.errors import LodsgsError
+from lodsgs.files import write_text
 
 LOG_NAME = "log.jsonl"
 GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss", "grown", "pruned")  # grown/pruned: run totals
@@ -70,9 +70,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def _rewrite(records: list[dict[str, Any]], path: Path) -> None:
     """Atomically replace ``path`` with ``records``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def summarize(path: Path) -> dict[str, Any]:

@@ -92,8 +92,9 @@ class Guidance(nn.Module):
         # an fp16 UNet (CUDA) gets the prior loss's gradient scaled up before it enters the network and scaled
         # back down on α / ψ (fp32): ε-MSE over B·4·64·64 elements hands each one ~1e-5, where fp16 underflows
         self.grad_scale = PRIOR_LOSS_SCALE if prior.dtype == torch.float16 else 1.0
-        for p in self.trainable():
-            p.register_hook(lambda g: g / self.grad_scale)
+        if self.grad_scale != 1.0:  # no per-step hook work on fp32 priors
+            for p in self.trainable():
+                p.register_hook(lambda g: g / self.grad_scale)
 
     # --- what the caller optimizes and checkpoints ---------------------------------------------------
     def trainable(self) -> list[nn.Parameter]:

@@ -11,7 +11,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from lodsgs.files import atomic_path
 from lodsgs.prior.shapes import world
 from lodsgs.prior.shapes.dataset import DatasetConfig, caption_text, load_or_build
 from lodsgs.prior.tiny import word_tokenizer
@@ -165,11 +165,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def save(path: Path, unet, text, ema, opt, g, step: int, elapsed: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema[0].state_dict(),
-                "ema_text": ema[1].state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
-                "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema[0].state_dict(),
+                    "ema_text": ema[1].state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed}, tmp)
 
 
 if __name__ == "__main__":
