@@ -1,10 +1,23 @@
 PY ?= python3
 
-.PHONY: install test test-fast lint bench bench-sd gpu-check
+.PHONY: install browser-deps web test test-fast lint bench bench-sd gpu-check
 
 install:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e .[dev]
+
+# What the browser tests need: Debian's chromium, Playwright for Python (it drives that chromium; no browser
+# download), and the web viewers of web/package.json in a cache folder.
+browser-deps:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	$(PY) -m pip install -e .[browser]
+	$(MAKE) web
+
+WEB_CACHE ?= $(HOME)/.cache/lodsgs-web
+web:
+	mkdir -p $(WEB_CACHE)
+	cp web/package.json web/package-lock.json $(WEB_CACHE)/
+	cd $(WEB_CACHE) && npm ci --no-audit --no-fund
 
 test:
 	$(PY) -m pytest -q

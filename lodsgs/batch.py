@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lodsgs.config import Config
 from lodsgs.errors import LodsgsError
+from lodsgs.view import LiveView
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -67,7 +68,8 @@ class BatchResult:
     failed: int = 0
 
 
-def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print) -> BatchResult:
+def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print,
+              view: LiveView | None = None) -> BatchResult:
     """Generate every prompt not already done with these settings; one failure (even OOM) is recorded and the
     rest go on. A prompt done with other settings (another config hash) is generated again."""
     from lodsgs.config import config_hash
@@ -95,7 +97,8 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
             if prior is None:
                 prior = load_prior(cfg, resolve_device(cfg.run.device))
             resume = resumable(out / run_name(prompt, cfg.run.seed), cfg)  # an interrupted run of these settings
-            run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior)
+            run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
+                               view=view)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1
         except (KeyboardInterrupt, Interrupted):  # the user stopped the whole batch: rerun resumes it

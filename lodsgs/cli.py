@@ -25,6 +25,10 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Parent folder for run
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (run.seed).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimization steps (run.steps).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (run.device).")]
+ViewOpt = Annotated[bool, typer.Option("--view", help="Watch it in the browser: serve a viewer and push the "
+                                                     "splats every run.view_every steps.")]
+PortOpt = Annotated[int, typer.Option("--port", help="Viewer port (the next free one if taken).")]
+HostOpt = Annotated[str, typer.Option("--host", help="Viewer address; 0.0.0.0 to reach it from other machines.")]
 
 
 def friendly(fn):
@@ -88,12 +92,31 @@ def generate(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    view: ViewOpt = False,
+    port: PortOpt = 8080,
+    host: HostOpt = "127.0.0.1",
 ) -> None:
-    """Optimize Gaussian splats for PROMPT and write splats.ply, splats.splat, turntable and metrics."""
+    """Optimize Gaussian splats for PROMPT and write splats.ply, .splat, .spz, turntable and metrics."""
     from lodsgs.generate import generate as run
     cfg = build_config(config, sets, prior, seed, steps, device, init)
-    run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet)
-    typer.echo(f"wrote {run_dir}")
+    live = _live_view(cfg, host, port) if view else None
+    try:
+        run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, view=live)
+        typer.echo(f"wrote {run_dir}")
+    except BaseException:
+        if live:
+            live.viewer.close()
+        raise
+    if live:
+        from lodsgs.view import serve_until_interrupted
+        serve_until_interrupted(live.viewer, "done; the viewer stays at")
+
+
+def _live_view(cfg, host: str, port: int):
+    from lodsgs.view import LiveView, Viewer
+    viewer = Viewer(host, port, cfg.camera, cfg.render.background)
+    typer.echo(f"live view: {viewer.url}")
+    return LiveView(viewer, cfg.run.view_every)
 
 
 @app.command(epilog="""**Examples**
@@ -113,13 +136,21 @@ def batch(
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     device: DeviceOpt = None,
+    view: ViewOpt = False,
+    port: PortOpt = 8080,
+    host: HostOpt = "127.0.0.1",
 ) -> None:
     """Generate every prompt of a list; rerunning the same command skips finished prompts."""
     from lodsgs import batch as b
     cfg = build_config(config, sets, prior, seed, steps, device)
     i, n = b.parse_shard(shard)
     todo = b.shard(b.read_prompts(prompts), i, n)
-    result = b.run_batch(todo, cfg, out, log=typer.echo)
+    live = _live_view(cfg, host, port) if view else None
+    try:
+        result = b.run_batch(todo, cfg, out, log=typer.echo, view=live)
+    finally:
+        if live:
+            live.viewer.close()
     typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
                f"(manifest: {out / 'manifest.jsonl'})")
     if result.failed:
@@ -156,22 +187,50 @@ def render(
 """)
 @friendly
 def export(
-    file: Annotated[Path, typer.Argument(help="A splat .ply file.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="splat or ply-sh3.")] = "splat",
+    file: Annotated[Path, typer.Argument(help="A splat file: .ply, .splat or .spz.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="splat, spz, ply or ply-sh3.")] = "splat",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")] = None,
 ) -> None:
-    """Convert a splat .ply to antimatter15 .splat, or to a PLY with SH degree 3 (zero higher bands)."""
-    from lodsgs.splats.io import read_ply, write_ply, write_splat
-    if format not in ("splat", "ply-sh3"):
-        raise LodsgsError(f"unknown --format {format!r}; choose splat or ply-sh3")
-    splats = read_ply(file)
-    if format == "splat":
-        target = out or file.with_suffix(".splat")
-        write_splat(splats, target)
+    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, or a .ply with SH degree 3."""
+    from lodsgs.splats.io import load_splats, write_ply, write_splat
+    from lodsgs.splats.spz import write_spz
+    writers = {"splat": (".splat", write_splat), "spz": (".spz", write_spz), "ply": (".ply", write_ply)}
+    if format not in (*writers, "ply-sh3"):
+        raise LodsgsError(f"unknown --format {format!r}; choose splat, spz, ply or ply-sh3")
+    splats = load_splats(file)
+    if format in writers:
+        suffix, write = writers[format]
+        target = out or file.with_suffix(suffix)
+        if target.resolve() == file.resolve():
+            raise LodsgsError(f"{str(file)!r} is already a {suffix} file; give --out for the copy")
+        write(splats, target)
     else:
         target = out or file.with_name(file.stem + "_sh3.ply")
         write_ply(splats, target, sh_degree=3)
     typer.echo(f"wrote {target}")
+
+
+@app.command(epilog="""**Examples**
+
+    lodsgs view runs/a-red-cube-1a2b3c4d
+
+    lodsgs view scene.spz --port 9000 --host 0.0.0.0
+""")
+@friendly
+def view(
+    target: Annotated[Path, typer.Argument(help="A run folder, or a .ply, .splat or .spz file.")],
+    port: PortOpt = 8080,
+    host: HostOpt = "127.0.0.1",
+) -> None:
+    """Open splats in the browser (viser): orbit camera from the run's eval view, prompt and metrics beside it."""
+    from lodsgs.view import Viewer, load_target, serve_until_interrupted
+    t = load_target(target)
+    viewer = Viewer(host, port, t.camera)
+    viewer.show(t.splats)
+    viewer.describe(t.title, {**t.facts, "Gaussians": t.splats.num})
+    if t.checkpoints:
+        viewer.add_checkpoints(t.checkpoints, t.splats)
+    serve_until_interrupted(viewer, f"viewing {target}")
 
 
 @app.command(epilog="**Examples**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d\n\n    lodsgs info --system")

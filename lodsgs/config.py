@@ -40,6 +40,9 @@ class RunConfig:
     preview_every: int = 0  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
     turntable_frames: int = 36
     turntable_size: int = 256
+    spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a tenth of the .ply)
+    keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
+    view_every: int = 10  # with --view: push the current splats to the browser every N steps
 
 
 @dataclass
@@ -229,7 +232,7 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 # (dotted key, lowest allowed, highest allowed, whether the lowest is excluded); None = unbounded
 RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("run.steps", 1, None, False), ("run.batch", 1, None, False), ("run.checkpoint_every", 1, None, False),
-    ("run.log_every", 0, None, False), ("run.preview_every", 0, None, False),
+    ("run.log_every", 0, None, False), ("run.preview_every", 0, None, False), ("run.view_every", 1, None, False),
     ("run.turntable_frames", 1, None, False), ("run.turntable_size", 8, None, False),
     ("guidance.guidance_scale", 0, None, True), ("guidance.min_step_percent", 0, 1, False),
     ("guidance.max_step_percent", 0, 1, False), ("guidance.max_step_percent_after", 0, 1, False),
@@ -285,7 +288,7 @@ def validate(cfg: Config) -> None:
 # Settings that change what a run produces: everything but these (how often it logs, where it runs, how its
 # turntable is drawn). Their hash names a result, so batch and eval can tell a stale result from a current one.
 NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every", "turntable_frames",
-                       "turntable_size"}}
+                       "turntable_size", "spz", "keep_checkpoints", "view_every"}}
 
 
 def config_hash(cfg: Config) -> str:

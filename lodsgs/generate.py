@@ -27,6 +27,8 @@ from lodsgs.splats.densify import Densifier
 from lodsgs.splats.io import read_ply, write_ply, write_splat
 from lodsgs.splats.model import Splats, make_optimizers, rgb_to_sh0
 from lodsgs.splats.render import render
+from lodsgs.splats.spz import write_spz
+from lodsgs.view import LiveView
 
 
 class Interrupted(LodsgsError):
@@ -256,8 +258,10 @@ def generate(
     overwrite: bool = False,
     quiet: bool = False,
     prior: DiffusionPrior | None = None,
+    view: LiveView | None = None,
 ) -> Path:
-    """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder."""
+    """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder.
+    ``view`` (``--view``) gets the splats every ``run.view_every`` steps."""
     from lodsgs.media import write_media, write_progress
     from lodsgs.progress import StepProgress
 
@@ -298,6 +302,8 @@ def generate(
     main_thread = threading.current_thread() is threading.main_thread()
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     logs: dict[str, float] = {}
+    if view is not None:
+        view.start(prompt, cfg.camera)
     start = time.perf_counter() - s.seconds
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -312,12 +318,16 @@ def generate(
                     runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))
                 if cfg.run.preview_every > 0 and s.step % cfg.run.preview_every == 0:
                     write_progress(s.splats, cfg, run_dir, s.step)
+                if view is not None:
+                    view.step(s.step, cfg.run.steps, s.splats, logs)
                 if stop["signal"] is not None:
                     save_checkpoint(s, cfg, ckpt)
                     raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
                                       "rerun the same command with --resume to continue")
                 if s.step % cfg.run.checkpoint_every == 0 and s.step < cfg.run.steps:
                     save_checkpoint(s, cfg, ckpt)
+                    if cfg.run.keep_checkpoints:
+                        shutil.copyfile(ckpt, ckpt.with_name(f"step_{s.step:05d}.pt"))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -325,6 +335,8 @@ def generate(
     save_checkpoint(s, cfg, ckpt)
     write_ply(s.splats, run_dir / "splats.ply")
     write_splat(s.splats, run_dir / "splats.splat")
+    if cfg.run.spz:
+        write_spz(s.splats, run_dir / "splats.spz")
     write_media(s.splats, cfg, run_dir)
     metrics = {
         "prompt": prompt,
@@ -341,10 +353,12 @@ def generate(
         "final": {k: round(v, 6) for k, v in logs.items()},
     }
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if view is not None:
+        view.step(s.step, cfg.run.steps, s.splats, logs, done=True)
     return run_dir
 
 
-OUTPUTS = ("splats.ply", "splats.splat", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",
+OUTPUTS = ("splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",
            "log.jsonl", "config.yaml", "prompt.txt", "checkpoints", "progress")
 
 

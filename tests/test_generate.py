@@ -38,8 +38,8 @@ def test_cli_generate_writes_every_output(tiny_prior_dirs, tmp_path):
                                  *tiny_args(tiny_prior_dirs["latent"])])
     assert result.exit_code == 0, result.output
     run = tmp_path / run_name("a corgi", 1)
-    for name in ["splats.ply", "splats.splat", "turntable.gif", "preview.png", "config.yaml", "metrics.json",
-                 "checkpoints/last.pt"]:
+    for name in ["splats.ply", "splats.splat", "splats.spz", "turntable.gif", "preview.png", "config.yaml",
+                 "metrics.json", "checkpoints/last.pt"]:
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["gaussians"] > 0 and metrics["seconds"] > 0

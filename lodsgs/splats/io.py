@@ -191,6 +191,30 @@ def read_splat(path: Path | str) -> dict[str, np.ndarray]:
             "rgba": data["rgba"].astype(np.float32) / 255, "quats": (data["rot"].astype(np.float32) - 128) / 128}
 
 
+def splat_file_splats(path: Path | str) -> Splats:
+    """A .splat file as splats in lodsgs's y-up world (SH degree 0; opacity and colour within 0.5/255)."""
+    d = read_splat(path)
+    alpha = np.clip(d["rgba"][:, 3], 0.5 / 255, 1 - 0.5 / 255)
+    params = {"means": d["means"], "scales": np.log(np.maximum(d["scales"], 1e-12)), "quats": d["quats"],
+              "opacities": np.log(alpha / (1 - alpha)), "sh0": ((d["rgba"][:, :3] - 0.5) / SH_C0)[:, None, :],
+              "shN": np.zeros((len(alpha), 0, 3))}
+    return Splats(unflip_yz({k: torch.from_numpy(v.astype(np.float32)) for k, v in params.items()}))
+
+
+SPLAT_SUFFIXES = (".ply", ".splat", ".spz")
+
+
+def load_splats(path: Path | str) -> Splats:
+    """Any splat file lodsgs writes (.ply, .splat, .spz), by its suffix, in lodsgs's y-up world."""
+    from lodsgs.splats.spz import read_spz
+
+    path = Path(path)
+    readers = {".ply": read_ply, ".splat": splat_file_splats, ".spz": read_spz}
+    if path.suffix.lower() not in readers:
+        raise LodsgsError(f"cannot read {str(path)!r}: not a splat file; give a {', '.join(SPLAT_SUFFIXES)} file")
+    return readers[path.suffix.lower()](path)
+
+
 def _write(path: Path | str, write) -> None:
     """Run ``write`` on a temporary name then rename (atomic), turning an unwritable destination into a one-line
     LodsgsError."""

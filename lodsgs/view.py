@@ -1,0 +1,185 @@
+"""Look at splats in the browser, built on viser (its web client ships in the wheel): ``lodsgs view`` for a
+run folder or a splat file, and the live view that ``generate --view`` updates while it optimizes.
+
+The scene is shown in lodsgs's own y-up world (no file-convention flip: the splats are read back through
+the same readers), from the run's evaluation camera. viser draws each Gaussian with its degree-0 colour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lodsgs.cameras import CameraConfig, orbit_position
+from lodsgs.errors import LodsgsError
+from lodsgs.splats.model import Splats
+
+
+def splat_arrays(splats: Splats) -> dict[str, np.ndarray]:
+    """viser's inputs: centres, 3D covariances R S² Rᵀ, colours in [0, 1] and opacities [N, 1]."""
+    with torch.no_grad():
+        q = torch.nn.functional.normalize(splats.params["quats"].detach().cpu().float(), dim=-1)
+        w, x, y, z = q.unbind(-1)
+        rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                           2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                           2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+        m = rot * splats.scales.detach().cpu()[:, None, :]
+        return {"centers": splats.means.detach().cpu().numpy(),
+                "covariances": (m @ m.transpose(1, 2)).numpy(),
+                "rgbs": splats.rgb.detach().cpu().clamp(0, 1).numpy(),
+                "opacities": splats.opacities.detach().cpu()[:, None].numpy()}
+
+
+def eval_camera_pose(cam: CameraConfig) -> tuple[tuple[float, float, float], float]:
+    """Position of the run's evaluation camera (azimuth 0, looking at the origin) and its vertical fov in radians."""
+    pos = orbit_position(torch.tensor([cam.eval_elevation]), torch.tensor([0.0]), torch.tensor([cam.eval_radius]))
+    return tuple(pos[0].tolist()), math.radians(cam.eval_fovy)
+
+
+@dataclass
+class Target:
+    """What ``lodsgs view`` shows: the splats, a title and facts for the panel, and a run's checkpoints."""
+
+    splats: Splats
+    title: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def load_target(path: Path) -> Target:
+    """A run folder (its splats.ply, or its last checkpoint if it never finished) or a .ply/.splat/.spz file."""
+    from lodsgs.config import load_config
+    from lodsgs.splats.io import load_splats
+
+    path = Path(path)
+    if not path.exists():
+        raise LodsgsError(f"cannot view {str(path)!r}: no such file or folder")
+    if not path.is_dir():
+        return Target(load_splats(path), path.name, {"Gaussians": None})
+    checkpoints = sorted((path / "checkpoints").glob("step_*.pt"))
+    last = path / "checkpoints" / "last.pt"
+    if (path / "splats.ply").is_file():
+        splats = load_splats(path / "splats.ply")
+    elif last.is_file():
+        splats = checkpoint_splats(last)
+    else:
+        raise LodsgsError(f"cannot view {str(path)!r}: no splats.ply and no checkpoint in it (not a run folder?)")
+    camera = load_config(str(path / "config.yaml")).camera if (path / "config.yaml").is_file() else CameraConfig()
+    prompt = (path / "prompt.txt").read_text(encoding="utf-8").strip() if (path / "prompt.txt").is_file() else path.name
+    return Target(splats, prompt, run_facts(path), camera, checkpoints)
+
+
+def run_facts(run_dir: Path) -> dict[str, Any]:
+    """Method, steps, time and final loss from a run's metrics.json, for the side panel."""
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {"status": "unfinished"}
+    return {"method": m.get("method"), "steps": m.get("steps"), "seconds": m.get("seconds"),
+            "loss": m.get("final", {}).get("loss")}
+
+
+def checkpoint_splats(path: Path) -> Splats:
+    """The splats of a training checkpoint (read on the CPU)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        return Splats(ck["splats"], sh_degree=ck["sh_degree"])
+    except Exception as e:  # a truncated or foreign file
+        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}") from None
+
+
+class Viewer:
+    """A viser server showing one set of splats, with a side panel; ``show`` replaces the splats in place."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, camera: CameraConfig | None = None,
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        import viser
+
+        self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        self.server.scene.set_up_direction("+y")
+        self.server.scene.world_axes.visible = False
+        self.server.gui.configure_theme(show_logo=False, show_share_button=False)
+        self.server.scene.set_background_image(np.full((2, 2, 3), np.asarray(background) * 255, np.uint8))
+        position, fov = eval_camera_pose(camera or CameraConfig())
+        self.server.initial_camera.position = position
+        self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
+        self.server.initial_camera.fov = fov
+        self.panel = self.server.gui.add_markdown("")
+        self.pushes = 0
+        self.checkpoint_label = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.get_host()}:{self.server.get_port()}"
+
+    def show(self, splats: Splats) -> None:
+        self.server.scene.add_gaussian_splats("/splats", **splat_arrays(splats))
+        self.pushes += 1
+
+    def describe(self, title: str, facts: dict[str, Any]) -> None:
+        rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in facts.items() if v is not None)
+        self.panel.content = f"**{title}**\n\n| | |\n|---|---|\n{rows}" if rows else f"**{title}**"
+
+    def add_checkpoints(self, checkpoints: list[Path], final: Splats):
+        """A slider over the run's kept checkpoints (step_XXXXX.pt) and its final splats; returns the slider."""
+        steps = [int(p.stem.split("_")[1]) for p in checkpoints]
+        slider = self.server.gui.add_slider("checkpoint", min=0, max=len(steps), step=1, initial_value=len(steps))
+        label = self.server.gui.add_markdown(f"showing: final ({len(steps)} checkpoints kept)")
+
+        @slider.on_update
+        def _(_event) -> None:
+            i = int(slider.value)
+            self.show(final if i == len(steps) else checkpoint_splats(checkpoints[i]))
+            label.content = "showing: final" if i == len(steps) else f"showing: step {steps[i]}"
+
+        self.checkpoint_label = label
+        return slider
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class LiveView:
+    """What ``generate --view`` calls: push the splats every ``every`` steps, with step, loss, t and count."""
+
+    def __init__(self, viewer: Viewer, every: int):
+        self.viewer, self.every = viewer, every
+
+    def start(self, prompt: str, camera: CameraConfig) -> None:
+        self.prompt = prompt
+        position, fov = eval_camera_pose(camera)
+        self.viewer.server.initial_camera.position = position
+        self.viewer.server.initial_camera.fov = fov
+        self.viewer.describe(prompt, {"status": "starting"})
+
+    def step(self, step: int, total: int, splats: Splats, logs: dict[str, float], done: bool = False) -> None:
+        if step % self.every and not done:
+            return
+        self.viewer.show(splats)
+        self.viewer.describe(self.prompt, {"status": "done" if done else "running", "step": f"{step} / {total}",
+                                           "loss": logs.get("loss"), "t": logs.get("t"),
+                                           "Gaussians": splats.num})
+
+
+def serve_until_interrupted(viewer: Viewer, message: str) -> None:
+    """Print the URL and keep the server up until Ctrl-C."""
+    print(f"{message}: {viewer.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()

@@ -1,0 +1,146 @@
+"""Helpers of the browser tests: Debian's chromium driven by Playwright, pages served on 127.0.0.1, and the
+pixel comparisons (silhouette IoU, colour difference) against lodsgs's own render from the same camera."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import io
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lodsgs.cameras import orbit_cameras
+from lodsgs.splats.model import Splats
+from lodsgs.splats.render import render
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+WEB_CACHE = Path(os.environ.get("LODSGS_WEB_CACHE", Path.home() / ".cache" / "lodsgs-web"))
+FLAGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic"]
+# CI sets this so that a missing browser or npm cache fails the suite instead of skipping it
+REQUIRED = os.environ.get("LODSGS_REQUIRE_BROWSER") == "1"
+
+
+def need(condition: bool, why: str) -> None:
+    if not condition:
+        (pytest.fail if REQUIRED else pytest.skip)(why)
+
+
+def need_browser() -> None:
+    need(Path(CHROMIUM).exists(), f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        need(False, "playwright is not installed (pip install -e .[browser])")
+
+
+@contextlib.contextmanager
+def serve(root: Path, extra: dict[str, Path] | None = None) -> Iterator[str]:
+    """Serve ``root`` (and ``extra`` prefixes, e.g. {"npm": node_modules}) on 127.0.0.1; yields the base URL."""
+    mounts = {f"/{k}/": Path(v) for k, v in (extra or {}).items()}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path: str) -> str:
+            for prefix, folder in mounts.items():
+                if path.startswith(prefix):
+                    return str(folder / path[len(prefix):].split("?")[0])
+            return super().translate_path(path)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int, height: int) -> Iterator:
+    """A fresh headless chromium page of ``width`` x ``height``; page errors and off-machine requests are kept
+    on ``page.problems``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.problems = []
+        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+        page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:",
+                                                               "blob:")) else page.problems.append(r.url))
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, background: np.ndarray, tries: int = 20, wait_s: float = 0.5) -> np.ndarray:
+    """The page as float RGB [H,W,3] once it is drawn and still: software rendering can give blank first
+    frames and viewers fade splats in, so retry until two shots in a row agree and differ from the background."""
+    from PIL import Image
+
+    previous = None
+    for _ in range(tries):
+        img = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.float32) / 255
+        if (previous is not None and foreground(img, background).mean() > 0.001
+                and np.abs(img - previous).max() < 1.5 / 255):
+            return img
+        previous = img
+        time.sleep(wait_s)
+    return img
+
+
+def foreground(img: np.ndarray, background: np.ndarray) -> np.ndarray:
+    return np.abs(img - background).sum(-1) > 0.1
+
+
+def own_render(splats: Splats, position: tuple[float, float, float], fovy_deg: float, width: int,
+               height: int, background: np.ndarray) -> np.ndarray:
+    """lodsgs's render of ``splats`` from a camera at ``position`` looking at the origin (y up)."""
+    x, y, z = position
+    r = math.sqrt(x * x + y * y + z * z)
+    elevation, azimuth = math.degrees(math.asin(y / r)), math.degrees(math.atan2(x, z))
+    cams = orbit_cameras(elevation, azimuth, r, fovy_deg, width, height)
+    with torch.no_grad():
+        out = render(splats, cams, background=torch.tensor(background, dtype=torch.float32))
+    return out.rgb[0].clamp(0, 1).numpy()
+
+
+def compare(shot: np.ndarray, ours: np.ndarray, background: np.ndarray) -> dict[str, float]:
+    """Silhouette IoU, and the mean colour difference on the pixels both call foreground."""
+    a, b = foreground(shot, background), foreground(ours, background)
+    both = a & b
+    return {"iou": float(both.sum() / max((a | b).sum(), 1)),
+            "colour_diff": float(np.abs(shot[both] - ours[both]).mean()) if both.any() else 1.0,
+            "foreground": float(a.mean())}
+
+
+def calibration_scene(n: int = 300, seed: int = 0) -> Splats:
+    """Three coloured clusters in lodsgs's y-up world: red at +x stretched along x, green at +y stretched along
+    y (a 90° turn about z), blue at +z round. Catches axis flips, quaternion order and colour scaling."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    s45 = math.sqrt(0.5)
+    for centre, rgb, scale, quat in (((0.6, 0, 0), (0.9, 0.1, 0.1), (0.12, 0.03, 0.03), (1, 0, 0, 0)),
+                                     ((0, 0.6, 0), (0.1, 0.8, 0.1), (0.12, 0.03, 0.03), (s45, 0, 0, s45)),
+                                     ((0, 0, 0.6), (0.1, 0.2, 0.9), (0.05, 0.05, 0.05), (1, 0, 0, 0))):
+        parts.append({"means": torch.tensor(centre) + 0.06 * torch.randn(n, 3, generator=g),
+                      "scales": torch.tensor(scale).log().expand(n, 3),
+                      "quats": torch.tensor(quat, dtype=torch.float32).expand(n, 4),
+                      "opacities": torch.full((n,), 3.0),
+                      "sh0": ((torch.tensor(rgb) - 0.5) / 0.28209479177387814).expand(n, 1, 3)})
+    return Splats({k: torch.cat([p[k] for p in parts]) for k in parts[0]})

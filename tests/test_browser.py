@@ -1,0 +1,101 @@
+"""Real-browser tests: `lodsgs view` (viser) and the exported .ply / .splat / .spz opened in Spark, in Debian's
+headless chromium, asserted on screenshot pixels against lodsgs's own render from the same camera."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import browser
+import numpy as np
+import pytest
+
+from lodsgs.cameras import CameraConfig
+from lodsgs.prior.shapes.world import build_object
+from lodsgs.splats.io import write_ply, write_splat
+from lodsgs.splats.spz import write_spz
+from lodsgs.view import Viewer, eval_camera_pose
+
+pytestmark = pytest.mark.browser
+
+WHITE = np.ones(3, dtype=np.float32)
+W, H = 320, 240
+SCENES = {"calibration": browser.calibration_scene, "a blue cone": lambda: build_object("a blue cone")}
+CAMERA = CameraConfig(eval_elevation=15.0, eval_radius=3.0, eval_fovy=42.0)
+
+
+def assert_upright(name: str, img: np.ndarray) -> None:
+    """Calibration: red right of centre, green above it; the cone: its silhouette narrows towards the top."""
+    if name == "calibration":
+        ys, xs = np.nonzero((img[..., 0] > 0.6) & (img[..., 1] < 0.4))  # red
+        gy, _ = np.nonzero((img[..., 1] > 0.5) & (img[..., 0] < 0.4))  # green
+        assert xs.mean() > W / 2 + 20 and gy.mean() < H / 2 - 20, "scene not upright / mirrored"
+    else:
+        rows = np.nonzero(browser.foreground(img, WHITE).any(1))[0]
+        top, bottom = rows.min(), rows.max()
+        width = browser.foreground(img, WHITE).sum(1)
+        assert width[top + (bottom - top) // 5] < 0.5 * width[bottom - (bottom - top) // 5], "cone not upright"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+def test_view_in_browser(name, tmp_path):
+    browser.need_browser()
+    splats = SCENES[name]()
+    viewer = Viewer("127.0.0.1", free_port(), CAMERA)
+    try:
+        viewer.show(splats)
+        viewer.describe(name, {"Gaussians": splats.num})
+        with browser.browser_page(W, H) as page:
+            page.goto(viewer.url)
+            page.wait_for_selector("canvas", timeout=60_000)
+            if os.environ.get("LODSGS_UPDATE_DOCS") == "1" and name != "calibration":  # the README's picture
+                page.set_viewport_size({"width": 800, "height": 480})
+                browser.screenshot(page, WHITE)
+                page.screenshot(path=str(Path(__file__).parents[1] / "docs" / "viewer.png"))
+                page.set_viewport_size({"width": W, "height": H})
+            # only the 3D canvas: hide the side panel and notices drawn over it
+            page.add_style_tag(content="* {visibility: hidden !important} canvas {visibility: visible !important}")
+            shot = browser.screenshot(page, WHITE)
+            assert not page.problems, page.problems
+    finally:
+        viewer.close()
+    position, fov = eval_camera_pose(CAMERA)
+    ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
+    scores = browser.compare(shot, ours, WHITE)
+    assert_upright(name, shot)
+    assert scores["iou"] >= 0.9, scores
+    assert scores["colour_diff"] <= 0.05, scores
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+@pytest.mark.parametrize("fmt", ["ply", "splat", "spz"])
+def test_exports_in_spark(name, fmt, tmp_path):
+    browser.need_browser()
+    browser.need((browser.WEB_CACHE / "node_modules" / "@sparkjsdev" / "spark").is_dir(),
+         f"Spark is not installed in {browser.WEB_CACHE} (make web)")
+    splats = SCENES[name]()
+    {"ply": write_ply, "splat": write_splat, "spz": write_spz}[fmt](splats, tmp_path / f"scene.{fmt}")
+    (tmp_path / "spark.html").write_text((Path(__file__).parent / "web" / "spark.html").read_text())
+    position, fov = eval_camera_pose(CAMERA)
+    px, py, pz = position
+    npm = browser.WEB_CACHE / "node_modules"
+    with browser.serve(tmp_path, {"npm": npm}) as base, browser.browser_page(W, H) as page:
+        page.goto(f"{base}/spark.html?url=scene.{fmt}&w={W}&h={H}&fov={np.degrees(fov)}"
+                  f"&px={px}&py={py}&pz={pz}&bg=ffffff")
+        page.wait_for_function("window.__status !== 'loading'", timeout=120_000)
+        status = page.evaluate("window.__status")
+        assert status == "rendered", status
+        shot = browser.screenshot(page, WHITE)
+        assert not page.problems, page.problems
+    ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
+    scores = browser.compare(shot, ours, WHITE)
+    assert_upright(name, shot)
+    assert scores["iou"] >= 0.95, scores
+    assert scores["colour_diff"] <= 0.05, scores

@@ -1,0 +1,148 @@
+"""`.spz` export and `lodsgs view` / `--view` without a browser (the browser sees them in test_browser.py)."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lodsgs.cli import app
+from lodsgs.config import load_config
+from lodsgs.errors import LodsgsError
+from lodsgs.generate import generate
+from lodsgs.splats.io import load_splats, write_ply
+from lodsgs.splats.model import Splats
+from lodsgs.splats.spz import encode_spz, read_spz, write_spz
+from lodsgs.view import LiveView, Viewer, load_target
+
+runner = CliRunner()
+
+
+def random_splats(n: int = 400, degree: int = 1, seed: int = 0) -> Splats:
+    g = torch.Generator().manual_seed(seed)
+    s = Splats.random_ball(n, radius=0.8, seed=seed, sh_degree=degree)
+    s.params["shN"].data = torch.rand(s.params["shN"].shape, generator=g) - 0.5
+    s.params["scales"].data = torch.rand(n, 3, generator=g) * 5 - 6
+    s.params["opacities"].data = torch.rand(n, generator=g) * 8 - 4
+    s.params["sh0"].data = torch.rand(n, 1, 3, generator=g) * 3 - 1.5
+    return s
+
+
+def test_spz_round_trip_within_stated_error(tmp_path):
+    s = random_splats()
+    write_spz(s, tmp_path / "a.spz")
+    r = read_spz(tmp_path / "a.spz")
+    assert r.sh_degree == 1 and r.num == s.num
+    err = {k: (s.params[k] - r.params[k]).abs().max().item() for k in ("means", "scales", "sh0", "shN")}
+    assert err["means"] <= 2**-13 + 1e-6
+    assert err["scales"] <= 1 / 32 + 1e-5
+    assert (s.rgb - r.rgb).abs().max() <= 0.0037
+    assert err["shN"] <= 1 / 256 + 1e-5
+    assert (torch.sigmoid(s.params["opacities"]) - torch.sigmoid(r.params["opacities"])).abs().max() <= 1 / 510 + 1e-5
+    q = torch.nn.functional.normalize(s.params["quats"], dim=-1)
+    dq = torch.minimum((q - r.params["quats"]).abs().amax(-1), (q + r.params["quats"]).abs().amax(-1))
+    assert dq.max() <= 0.01  # x, y, z within 1/255 each, w rebuilt from them
+    write_ply(s, tmp_path / "a.ply")
+    assert (tmp_path / "a.spz").stat().st_size < 0.25 * (tmp_path / "a.ply").stat().st_size  # even random data
+
+
+def test_spz_header_is_version_2_and_bytes_are_stable():
+    s = random_splats(n=10, degree=0)
+    data = encode_spz(s)
+    assert data == encode_spz(s)  # gzip without a timestamp: same splats, same file
+    magic, version, n, degree, frac, flags, _ = struct.unpack_from("<IIIBBBB", gzip.decompress(data))
+    assert (magic, version, n, degree, frac, flags) == (0x5053474E, 2, 10, 0, 12, 0)
+    assert len(gzip.decompress(data)) == 16 + 10 * (9 + 1 + 3 + 3 + 3)
+
+
+def test_spz_in_file_convention_like_the_ply(tmp_path):
+    """The .spz stores the same y-down positions as the .ply, so one viewer fix serves both."""
+    s = Splats({"means": torch.tensor([[0.25, 0.5, 0.75]]), "scales": torch.zeros(1, 3), "opacities": torch.zeros(1),
+                "quats": torch.tensor([[1.0, 0, 0, 0]]), "sh0": torch.zeros(1, 1, 3)})
+    raw = gzip.decompress(encode_spz(s))
+    xyz = [int.from_bytes(raw[16 + 3 * i: 19 + 3 * i], "little", signed=True) / 4096 for i in range(3)]
+    assert xyz == [0.25, -0.5, -0.75]
+
+
+def test_spz_refuses_other_versions_and_damage(tmp_path):
+    s = random_splats(n=5, degree=0)
+    raw = bytearray(gzip.decompress(encode_spz(s)))
+    (tmp_path / "v3.spz").write_bytes(gzip.compress(bytes(raw[:4]) + bytes([3]) + bytes(raw[5:])))
+    with pytest.raises(LodsgsError, match="not an .spz of version 2"):
+        read_spz(tmp_path / "v3.spz")
+    (tmp_path / "cut.spz").write_bytes(gzip.compress(bytes(raw[:-3])))
+    with pytest.raises(LodsgsError, match="do not hold 5 splats"):
+        read_spz(tmp_path / "cut.spz")
+    (tmp_path / "plain.spz").write_bytes(b"NGSP....")
+    with pytest.raises(LodsgsError, match="not a gzip stream"):
+        read_spz(tmp_path / "plain.spz")
+
+
+def test_export_cli_converts_between_every_format(tmp_path):
+    s = random_splats(degree=0)
+    write_ply(s, tmp_path / "a.ply")
+    for args, target in ((["--format", "spz"], "a.spz"), (["-f", "splat"], "a.splat"),
+                         (["-f", "ply", "-o", str(tmp_path / "b.ply")], "b.ply")):
+        src = tmp_path / ("a.spz" if target == "b.ply" else "a.ply")
+        result = runner.invoke(app, ["export", str(src), *args])
+        assert result.exit_code == 0, result.output
+        back = load_splats(tmp_path / target)
+        assert back.num == s.num
+    assert (load_splats(tmp_path / "b.ply").means - s.means).abs().max() < 1e-3
+    result = runner.invoke(app, ["export", str(tmp_path / "a.spz"), "-f", "spz"])
+    assert result.exit_code == 2 and "already a .spz file" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_prior_dirs):
+    from test_generate import TINY
+    return load_config("fast", [f"prior.model={tiny_prior_dirs['latent']}", *TINY, "run.view_every=2",
+                                "run.checkpoint_every=2", "run.keep_checkpoints=true"])
+
+
+def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
+    viewer = Viewer("127.0.0.1", free_port(), tiny_cfg.camera)
+    try:
+        run = generate("a corgi", tiny_cfg, tmp_path, quiet=True, view=LiveView(viewer, tiny_cfg.run.view_every))
+        assert viewer.pushes == 6 // 2 + 1  # steps 2, 4, 6, and the final splats
+        assert "done" in viewer.panel.content and "6 / 6" in viewer.panel.content
+    finally:
+        viewer.close()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == ["step_00002.pt", "step_00004.pt"]
+    assert (run / "splats.spz").is_file()
+
+
+def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
+    run = generate("a corgi", tiny_cfg, tmp_path, quiet=True)
+    t = load_target(run)
+    assert t.title == "a corgi" and t.facts["steps"] == 6 and len(t.checkpoints) == 2
+    assert t.camera.eval_radius == tiny_cfg.camera.eval_radius
+    for name in ("splats.ply", "splats.splat", "splats.spz"):
+        assert load_target(run / name).splats.num == t.splats.num
+    viewer = Viewer("127.0.0.1", free_port(), t.camera)
+    try:
+        slider = viewer.add_checkpoints(t.checkpoints, t.splats)
+        slider.value = 0  # as when the user drags it: the step-2 splats are pushed
+        assert viewer.pushes == 1 and viewer.checkpoint_label.content == "showing: step 2"
+    finally:
+        viewer.close()
+    for name in ("splats.ply", "metrics.json"):  # an interrupted run: its last checkpoint is shown
+        (run / name).unlink()
+    assert load_target(run).facts == {"status": "unfinished"}
+    with pytest.raises(LodsgsError, match="not a run folder"):
+        load_target(tmp_path)
+    result = runner.invoke(app, ["view", str(tmp_path / "nothing.ply")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    (tmp_path / "x.txt").write_text("hi")
+    result = runner.invoke(app, ["view", str(tmp_path / "x.txt")])
+    assert result.exit_code == 2 and "not a splat file" in result.output
