@@ -2,9 +2,10 @@ PY ?= python3
 
 .PHONY: install browser-deps web test test-fast lint bench bench-sd gpu-check
 
+EXTRAS ?= dev
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e .[dev]
+	$(PY) -m pip install -e .[$(EXTRAS)]
 
 # What the browser tests need: Debian's chromium, Playwright for Python (it drives that chromium; no browser
 # download), and the web viewers of web/package.json in a cache folder.

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, printed as lines (ratios are measured within this run).
 
-Usage: python -m benchmarks.run [--quick] [render prior generate shapes view sd]  (sd: `make bench-sd`; not default)
+Usage: python -m benchmarks.run [--quick] [render prior generate shapes view ray sd]  (sd: `make bench-sd`; not default)
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import importlib
 import sys
 import time
 
-SUITES = ["render", "prior", "generate", "shapes", "view"]
+SUITES = ["render", "prior", "generate", "shapes", "view", "ray"]
 
 
 def main(argv: list[str]) -> None:

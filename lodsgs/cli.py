@@ -124,6 +124,10 @@ def _live_view(cfg, host: str, port: int):
     lodsgs batch prompts.txt --prior shapes --out runs/batch1
 
     lodsgs batch prompts.txt --shard 0/4 --out runs/batch1     # on four machines: 0/4 .. 3/4
+
+    lodsgs batch prompts.txt --ray --out runs/batch1           # a local Ray: one worker per CPU
+
+    lodsgs batch prompts.txt --ray auto --out /shared/batch1   # the cluster `ray start` joined
 """)
 @friendly
 def batch(
@@ -139,12 +143,30 @@ def batch(
     view: ViewOpt = False,
     port: PortOpt = 8080,
     host: HostOpt = "127.0.0.1",
+    ray: Annotated[str | None, typer.Option("--ray", help="Spread the prompts over Ray: `--ray` alone starts a "
+                                             "local Ray, `--ray auto` joins the cluster of `ray start`, or an "
+                                             "address.", show_default=False)] = None,
+    gpus_per_run: Annotated[float | None, typer.Option("--gpus-per-run", help="With --ray: GPUs per prompt "
+                                                       "(default 1 if the cluster has GPUs, else 0).")] = None,
+    cpus_per_run: Annotated[float, typer.Option("--cpus-per-run", help="With --ray: CPUs per prompt.")] = 1.0,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="With --ray: times a prompt is retried "
+                                             "after its worker died (bad prompts are never retried).")] = 2,
 ) -> None:
     """Generate every prompt of a list; rerunning the same command skips finished prompts."""
     from lodsgs import batch as b
     cfg = build_config(config, sets, prior, seed, steps, device)
     i, n = b.parse_shard(shard)
     todo = b.shard(b.read_prompts(prompts), i, n)
+    if ray is not None:
+        from lodsgs.ray_batch import run_batch_ray
+        if view:
+            raise LodsgsError("--view shows one process's run; it does not combine with --ray")
+        if cpus_per_run < 0 or (gpus_per_run or 0) < 0 or max_retries < 0:
+            raise LodsgsError("--cpus-per-run, --gpus-per-run and --max-retries must be >= 0")
+        result = run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=typer.echo)
+        typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
+                   f"(manifest: {out / 'manifest.jsonl'})")
+        raise typer.Exit(1 if result.failed else 0)
     live = _live_view(cfg, host, port) if view else None
     try:
         result = b.run_batch(todo, cfg, out, log=typer.echo, view=live)
@@ -411,9 +433,20 @@ def eval_cmd(
     typer.echo(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
 
 
+def optional_ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` may come without an address (a local Ray): insert ``local`` unless an address follows."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == "--ray" and not (following in ("auto", "local") or ":" in following):
+            out.append("local")
+    return out
+
+
 def main() -> None:
     try:
-        app()
+        app(args=optional_ray_address(sys.argv[1:]))
     except LodsgsError as e:  # raised outside a command body
         print(f"lodsgs: error: {e}", file=sys.stderr)
         sys.exit(2)

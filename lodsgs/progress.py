@@ -34,3 +34,29 @@ class StepProgress:
     def __exit__(self, *exc) -> None:
         if self.progress:
             self.progress.stop()
+
+
+class BatchProgress:
+    """Context manager for a batch spread over workers: ``bar.update(done, running, failed)`` with ETA."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        self.progress = None if quiet else Progress(
+            TextColumn("[bold]prompts"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(),
+        )
+        self.total = total
+
+    def __enter__(self) -> BatchProgress:
+        if self.progress:
+            self.progress.start()
+            self.task = self.progress.add_task("prompts", total=self.total, running=0, failed=0)
+        return self
+
+    def update(self, done: int, running: int, failed: int) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=done + failed, running=running, failed=failed)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.stop()

@@ -1,0 +1,186 @@
+"""``lodsgs batch --ray``: the same batch spread over a Ray cluster (or a local Ray on one machine).
+
+One actor per worker slot loads the prior once and runs prompts one after another (Ray tasks that need a
+GPU get a fresh process per call by default, which would reload Stable Diffusion for every prompt). Ray's
+actor restarts re-send the prompt of a process that died (killed, out of host memory) up to
+``--max-retries`` times, and the retried prompt resumes from its last checkpoint; a prompt that fails
+inside lodsgs (a bad prompt, CUDA out of memory) comes back as a failed record and is not retried. The
+driver writes the same ``manifest.jsonl`` as the local batch, so either can resume the other's work.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from lodsgs.batch import BatchResult, append_manifest, read_manifest
+from lodsgs.config import Config, config_hash
+from lodsgs.errors import LodsgsError
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise LodsgsError("--ray needs Ray, an optional extra: pip install 'lodsgs[ray]'") from None
+    return ray
+
+
+class PromptWorker:
+    """Runs prompts on one worker slot; the prior is loaded on the first prompt and kept."""
+
+    def __init__(self, cfg: Config, out: str):
+        self.cfg, self.out, self.prior = cfg, Path(out), None
+
+    def run(self, prompt: str) -> dict[str, Any]:
+        """Generate one prompt; every lodsgs failure is returned as a record (never retried by Ray)."""
+        import ray
+
+        from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
+
+        start = time.perf_counter()
+        record: dict[str, Any] = {"node": ray.util.get_node_ip_address()}
+        try:
+            if self.prior is None:
+                self.prior = load_prior(self.cfg, resolve_device(self.cfg.run.device))
+            resume = resumable(self.out / run_name(prompt, self.cfg.run.seed), self.cfg)
+            run_dir = generate(prompt, self.cfg, self.out, resume=resume, overwrite=True, quiet=True,
+                               prior=self.prior)
+            record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"), resumed=resume)
+        except Interrupted as e:
+            record.update(status="interrupted", error=str(e))
+        except Exception as e:  # isolate every failure, out-of-memory included
+            message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
+            record.update(status="failed", error=message,
+                          traceback=None if isinstance(e, LodsgsError) else traceback.format_exc(limit=5))
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        return record
+
+
+def connect(ray, address: str) -> bool:
+    """Join the cluster at ``address`` ('auto': the one `ray start` made here) or start a local Ray ('local');
+    returns whether this call started Ray (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    if address not in ("local", "auto") and not address.startswith("ray://"):
+        reachable(address)  # Ray itself keeps retrying an address where nothing listens
+    try:
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except ConnectionError as e:
+        raise LodsgsError(f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head`, "
+                          "or use --ray alone for a local Ray") from None
+    return True
+
+
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A one-line error unless something accepts TCP connections at HOST:PORT."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise LodsgsError(f"cannot reach a Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); "
+                          "start one with `ray start --head`, or use --ray alone for a local Ray") from None
+
+
+def slots(ray, gpus_per_run: float, cpus_per_run: float) -> int:
+    """How many prompts the cluster can run at once with these resources per run."""
+    total = ray.cluster_resources()
+    if gpus_per_run > 0 and total.get("GPU", 0) < gpus_per_run:
+        raise LodsgsError(f"--gpus-per-run {gpus_per_run:g} but the Ray cluster has {total.get('GPU', 0):g} GPUs; "
+                          "use --gpus-per-run 0 to run on CPUs")
+    by_cpu = int(total.get("CPU", 0) // cpus_per_run) if cpus_per_run > 0 else 10**6
+    by_gpu = int(total.get("GPU", 0) // gpus_per_run) if gpus_per_run > 0 else 10**6
+    return max(1, min(by_cpu, by_gpu))
+
+
+def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "local",
+                  gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 2,
+                  log=print, progress: bool = True) -> BatchResult:
+    """Every prompt not already done with these settings, one actor per slot; the manifest as in `batch`."""
+    ray = require_ray()
+    if out.exists() and not out.is_dir():
+        raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the batch")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, digest = out / "manifest.jsonl", config_hash(cfg)
+    records = read_manifest(manifest)
+    result = BatchResult()
+    todo = []
+    for prompt in prompts:
+        old = records.get(prompt, {})
+        if old.get("status") == "done" and old.get("config_hash") == digest:
+            result.skipped += 1
+            log(f"skip (done): {prompt}")
+        else:
+            todo.append(prompt)
+    if not todo:
+        return result
+    started = connect(ray, address)
+    actors: list = []
+    try:
+        if gpus_per_run is None:
+            gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        n = min(slots(ray, gpus_per_run, cpus_per_run), len(todo))
+        worker = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_restarts=max_retries,
+                            max_task_retries=max_retries)(PromptWorker)
+
+        def new_actor():
+            actors.append(worker.remote(cfg, str(out)))
+            return actors[-1]
+
+        log(f"Ray: {n} workers ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each) for {len(todo)} prompts")
+        _drive(ray, [new_actor() for _ in range(n)], new_actor, deque(todo), cfg, digest, manifest, result, log,
+               progress)
+    except KeyboardInterrupt:
+        from lodsgs.generate import Interrupted
+        raise Interrupted(f"batch interrupted ({result.done} done this time); rerun the same command to continue: "
+                          "finished prompts are skipped, the others resume from their last checkpoint") from None
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if started:
+            ray.shutdown()
+    return result
+
+
+def _drive(ray, actors: list, new_actor, queue: deque, cfg: Config, digest: str, manifest: Path,
+           result: BatchResult, log, progress: bool) -> None:
+    """Keep every actor busy until the queue is empty, recording each prompt as it finishes; an actor that
+    died more often than its restarts allow is replaced."""
+    from lodsgs.progress import BatchProgress
+
+    pending: dict = {}
+
+    def submit(actor) -> None:
+        if queue:
+            prompt = queue.popleft()
+            pending[actor.run.remote(prompt)] = (prompt, actor, time.perf_counter())
+
+    for actor in actors:
+        submit(actor)
+    with BatchProgress(len(queue) + len(pending), quiet=not progress) as bar:
+        while pending:
+            bar.update(result.done, len(pending), result.failed)
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            prompt, actor, start = pending.pop(ref)
+            base = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
+            try:
+                record = {**base, **ray.get(ref)}
+            except ray.exceptions.RayError as e:  # the worker died more often than --max-retries allows
+                record = {**base, "status": "failed", "error": f"worker lost: {type(e).__name__}",
+                          "seconds": round(time.perf_counter() - start, 2)}
+                actor = new_actor()
+            if record["status"] == "done":
+                result.done += 1
+                log(f"done: {prompt} ({record['seconds']:.0f} s on {record.get('node')})")
+            elif record["status"] == "failed":
+                result.failed += 1
+                log(f"failed: {prompt}: {record['error']}")
+            append_manifest(manifest, record)
+            submit(actor)
+        bar.update(result.done, 0, result.failed)

@@ -1,0 +1,98 @@
+"""`lodsgs batch --ray` on a local Ray (2 CPUs) with the shapes prior and a few steps: failures isolated, a
+killed worker retried from its checkpoint, reruns skip, results match the local batch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lodsgs.batch import run_batch
+from lodsgs.cli import app, optional_ray_address
+from lodsgs.config import load_config
+from lodsgs.generate import run_name
+from lodsgs.splats.io import read_ply
+
+ray = pytest.importorskip("ray")
+runner = CliRunner()
+SHORT = ["prior.model=shapes", "run.steps=8", "run.checkpoint_every=4", "run.turntable_frames=4",
+         "run.turntable_size=32", "init.num=300", "run.spz=false"]
+
+
+def test_unreachable_cluster_is_one_line(tmp_path):
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    result = runner.invoke(app, ["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path), "--ray", "127.0.0.1:9",
+                                 "--set", "prior.model=shapes"])
+    assert result.exit_code == 2 and "cannot reach a Ray cluster at '127.0.0.1:9'" in result.output
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def manifest(out) -> dict[str, dict]:
+    return {r["prompt"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+
+
+def test_ray_batch_isolates_bad_prompts_skips_done_and_matches_local(local_ray, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na purple dragon\na blue torus\na red cube\n")
+    out = tmp_path / "ray"
+    args = ["batch", str(prompts), "--out", str(out), "--ray", "local", *sum((["--set", s] for s in SHORT), [])]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output  # one prompt failed
+    m = manifest(out)
+    assert {p: r["status"] for p, r in m.items()} == {"a red cube": "done", "a blue torus": "done",
+                                                       "a purple dragon": "failed"}
+    assert "purple" in m["a purple dragon"]["error"] and m["a purple dragon"]["node"]  # failed in a worker
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 3  # the duplicate ran once, no retries
+    second = runner.invoke(app, args)
+    assert "skip (done): a red cube" in second.output and "skip (done): a blue torus" in second.output
+    # the same prompts through the local batch give the same splats
+    cfg = load_config(None, SHORT)
+    run_batch(["a red cube", "a blue torus"], cfg, tmp_path / "local")
+    for prompt in ("a red cube", "a blue torus"):
+        a = read_ply(out / run_name(prompt, 0) / "splats.ply").means.detach().numpy()
+        b = read_ply(tmp_path / "local" / run_name(prompt, 0) / "splats.ply").means.detach().numpy()
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(local_ray, tmp_path):
+    import psutil
+
+    from lodsgs.ray_batch import run_batch_ray
+
+    cfg = load_config(None, [*SHORT, "run.steps=60", "run.checkpoint_every=5"])
+    out = tmp_path / "ray"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=run_batch_ray(["a green cone"], cfg, out, "local",
+                                                                           0, 1, 2, log=print, progress=False)))
+    thread.start()
+    ckpt = out / run_name("a green cone", 0) / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint appeared"
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "PromptWorker" in " ".join(p.info["cmdline"] or [])]
+    assert workers, "no PromptWorker process found"
+    for p in workers:
+        p.kill()  # as the OOM killer or a lost node would
+    thread.join(timeout=300)
+    assert result["r"].done == 1 and result["r"].failed == 0
+    record = manifest(out)["a green cone"]
+    assert record["status"] == "done" and record["resumed"] is True
+    assert json.loads((out / run_name("a green cone", 0) / "metrics.json").read_text())["steps"] == 60
+
+
+def test_ray_flag_without_address_means_local():
+    assert optional_ray_address(["batch", "p.txt", "--ray"]) == ["batch", "p.txt", "--ray", "local"]
+    assert optional_ray_address(["batch", "--ray", "p.txt"]) == ["batch", "--ray", "local", "p.txt"]
+    assert optional_ray_address(["batch", "p.txt", "--ray", "auto"]) == ["batch", "p.txt", "--ray", "auto"]
+    assert optional_ray_address(["batch", "p.txt", "--ray", "10.0.0.1:6379"])[-1] == "10.0.0.1:6379"
