@@ -247,7 +247,7 @@ def view(
     """Open splats in the browser (viser): orbit camera from the run's eval view, prompt and metrics beside it."""
     from lodsgs.view import Viewer, load_target, serve_until_interrupted
     t = load_target(target)
-    viewer = Viewer(host, port, t.camera)
+    viewer = Viewer(host, port, t.camera, t.background)
     viewer.show(t.splats)
     viewer.describe(t.title, {**t.facts, "Gaussians": t.splats.num})
     if t.checkpoints:
@@ -258,12 +258,12 @@ def view(
 @app.command(epilog="**Examples**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d\n\n    lodsgs info --system")
 @friendly
 def info(
-    path: Annotated[Path | None, typer.Argument(help="A run folder or a .ply file.")] = None,
+    path: Annotated[Path | None, typer.Argument(help="A run folder or a .ply, .splat or .spz file.")] = None,
     system: Annotated[bool, typer.Option("--system", help="What this machine can run: torch, CUDA, gsplat, "
                                                           "nvcc, the fused kernel.")] = False,
 ) -> None:
-    """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any) or a .ply file."""
-    from lodsgs.splats.io import read_ply
+    """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any) or a splat file."""
+    from lodsgs.splats.io import load_splats
     if system:
         from lodsgs.system import system_report
         for key, value in system_report().items():
@@ -271,7 +271,7 @@ def info(
         if path is None:
             return
     if path is None:
-        raise LodsgsError("give a run folder or a .ply file, or --system")
+        raise LodsgsError("give a run folder or a .ply, .splat or .spz file, or --system")
     if path.is_dir():
         metrics = path / "metrics.json"
         if metrics.exists():
@@ -289,7 +289,7 @@ def info(
             from lodsgs.runlog import format_summary, summarize
             typer.echo(format_summary(summarize(log)))
         return
-    splats = read_ply(path)
+    splats = load_splats(path)
     lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
     typer.echo(f"{path}: {splats.num} Gaussians, SH degree {splats.sh_degree}, "
                f"bounds {[round(v, 3) for v in lo]} .. {[round(v, 3) for v in hi]} (y-up)")

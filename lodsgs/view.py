@@ -52,6 +52,7 @@ class Target:
     facts: dict[str, Any] = field(default_factory=dict)
     camera: CameraConfig = field(default_factory=CameraConfig)
     checkpoints: list[Path] = field(default_factory=list)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def load_target(path: Path) -> Target:
@@ -72,9 +73,11 @@ def load_target(path: Path) -> Target:
         splats = checkpoint_splats(last)
     else:
         raise LodsgsError(f"cannot view {str(path)!r}: no splats.ply and no checkpoint in it (not a run folder?)")
-    camera = load_config(str(path / "config.yaml")).camera if (path / "config.yaml").is_file() else CameraConfig()
+    cfg = load_config(str(path / "config.yaml")) if (path / "config.yaml").is_file() else None
     prompt = (path / "prompt.txt").read_text(encoding="utf-8").strip() if (path / "prompt.txt").is_file() else path.name
-    return Target(splats, prompt, run_facts(path), camera, checkpoints)
+    if cfg is None:
+        return Target(splats, prompt, run_facts(path), checkpoints=checkpoints)
+    return Target(splats, prompt, run_facts(path), cfg.camera, checkpoints, tuple(cfg.render.background))
 
 
 def run_facts(run_dir: Path) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
     run = generate("a corgi", tiny_cfg, tmp_path, quiet=True)
     t = load_target(run)
     assert t.title == "a corgi" and t.facts["steps"] == 6 and len(t.checkpoints) == 2
-    assert t.camera.eval_radius == tiny_cfg.camera.eval_radius
+    assert t.camera.eval_radius == tiny_cfg.camera.eval_radius and t.background == tuple(tiny_cfg.render.background)
     for name in ("splats.ply", "splats.splat", "splats.spz"):
         assert load_target(run / name).splats.num == t.splats.num
     viewer = Viewer("127.0.0.1", free_port(), t.camera)
