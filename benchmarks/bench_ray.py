@@ -44,4 +44,4 @@ def run(quick: bool = False) -> list[str]:
     return [f"{len(PROMPTS)} prompts x {steps} steps, shapes prior: local sequential {local_s:.1f} s "
             f"({per_min[0]:.2f} prompts/min), --ray with 2 one-CPU workers {ray_s:.1f} s ({per_min[1]:.2f} "
             f"prompts/min, {per_min[1] / per_min[0]:.2f}x, Ray start included)",
-            f"  shapes prior load {load_s:.2f} s (an actor loads it once per worker, not once per prompt)"]
+            f"  shapes prior load in this process {load_s:.2f} s (an actor pays it once per worker, not per prompt)"]
