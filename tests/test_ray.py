@@ -61,7 +61,7 @@ def test_ray_batch_isolates_bad_prompts_skips_done_and_matches_local(local_ray, 
     for prompt in ("a red cube", "a blue torus"):
         a = read_ply(out / run_name(prompt, 0) / "splats.ply").means.detach().numpy()
         b = read_ply(tmp_path / "local" / run_name(prompt, 0) / "splats.ply").means.detach().numpy()
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # float rounding only: 1 thread a worker vs 2
 
 
 def test_killed_worker_is_retried_from_its_checkpoint(local_ray, tmp_path):

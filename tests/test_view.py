@@ -122,6 +122,18 @@ def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
     assert (run / "splats.spz").is_file()
 
 
+def test_batch_live_view_shows_each_prompt(tiny_cfg, tmp_path):
+    from lodsgs.batch import run_batch
+
+    viewer = Viewer("127.0.0.1", free_port(), tiny_cfg.camera)
+    try:
+        result = run_batch(["a corgi", "a cat"], tiny_cfg, tmp_path, view=LiveView(viewer, tiny_cfg.run.view_every))
+        assert result.done == 2 and viewer.pushes == 2 * (6 // 2 + 1)
+        assert viewer.panel.content.startswith("**a cat**")  # the prompt running (here: the last one)
+    finally:
+        viewer.close()
+
+
 def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
     run = generate("a corgi", tiny_cfg, tmp_path, quiet=True)
     t = load_target(run)
