@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,9 +260,11 @@ def generate(
     quiet: bool = False,
     prior: DiffusionPrior | None = None,
     view: LiveView | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Path:
     """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder.
-    ``view`` (``--view``) gets the splats every ``run.view_every`` steps."""
+    ``view`` (``--view``) gets the splats every ``run.view_every`` steps; ``should_stop`` (a Ray batch's
+    cancellation flag) stops the run like Ctrl-C, with a checkpoint."""
     from lodsgs.media import write_media, write_progress
     from lodsgs.progress import StepProgress
 
@@ -320,7 +323,7 @@ def generate(
                     write_progress(s.splats, cfg, run_dir, s.step)
                 if view is not None:
                     view.step(s.step, cfg.run.steps, s.splats, logs)
-                if stop["signal"] is not None:
+                if stop["signal"] is not None or (should_stop is not None and should_stop()):
                     save_checkpoint(s, cfg, ckpt)
                     raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
                                       "rerun the same command with --resume to continue")

@@ -48,7 +48,7 @@ class PromptWorker:
                 self.prior = load_prior(self.cfg, resolve_device(self.cfg.run.device))
             resume = resumable(self.out / run_name(prompt, self.cfg.run.seed), self.cfg)
             run_dir = generate(prompt, self.cfg, self.out, resume=resume, overwrite=True, quiet=True,
-                               prior=self.prior)
+                               prior=self.prior, should_stop=ray.get_runtime_context().is_canceled)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"), resumed=resume)
         except Interrupted as e:
             record.update(status="interrupted", error=str(e))
@@ -122,6 +122,7 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
         return result
     started = connect(ray, address)
     actors: list = []
+    pending: dict = {}  # object ref -> (prompt, actor, start time)
     try:
         if gpus_per_run is None:
             gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -134,12 +135,14 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
             return actors[-1]
 
         log(f"Ray: {n} workers ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each) for {len(todo)} prompts")
-        _drive(ray, [new_actor() for _ in range(n)], new_actor, deque(todo), cfg, digest, manifest, result, log,
-               progress)
+        _drive(ray, [new_actor() for _ in range(n)], new_actor, pending, deque(todo), cfg, digest, manifest, result,
+               log, progress)
     except KeyboardInterrupt:
         from lodsgs.generate import Interrupted
-        raise Interrupted(f"batch interrupted ({result.done} done this time); rerun the same command to continue: "
-                          "finished prompts are skipped, the others resume from their last checkpoint") from None
+        saved = stop_running(ray, pending, log)
+        raise Interrupted(f"batch interrupted ({result.done} done this time, {saved} running prompts checkpointed); "
+                          "rerun the same command to continue: finished prompts are skipped, the others resume "
+                          "from their last checkpoint") from None
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -148,13 +151,25 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
     return result
 
 
-def _drive(ray, actors: list, new_actor, queue: deque, cfg: Config, digest: str, manifest: Path,
+def stop_running(ray, pending: dict, log, timeout_s: float = 60.0) -> int:
+    """Ask every running prompt to stop as Ctrl-C would (it saves a checkpoint first) and wait up to
+    ``timeout_s``; returns how many stopped in time (a second Ctrl-C stops waiting)."""
+    if not pending:
+        return 0
+    log(f"stopping {len(pending)} running prompts (each saves a checkpoint first; Ctrl-C again to kill them)")
+    for ref in pending:
+        ray.cancel(ref)
+    deadline, done = time.monotonic() + timeout_s, []
+    while len(done) < len(pending) and time.monotonic() < deadline:
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
+    return len(done)
+
+
+def _drive(ray, actors: list, new_actor, pending: dict, queue: deque, cfg: Config, digest: str, manifest: Path,
            result: BatchResult, log, progress: bool) -> None:
     """Keep every actor busy until the queue is empty, recording each prompt as it finishes; an actor that
     died more often than its restarts allow is replaced."""
     from lodsgs.progress import BatchProgress
-
-    pending: dict = {}
 
     def submit(actor) -> None:
         if queue:
@@ -166,7 +181,10 @@ def _drive(ray, actors: list, new_actor, queue: deque, cfg: Config, digest: str,
     with BatchProgress(len(queue) + len(pending), quiet=not progress) as bar:
         while pending:
             bar.update(result.done, len(pending), result.failed)
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short: Ctrl-C is seen between waits
+            if not ready:
+                continue
+            ref = ready[0]
             prompt, actor, start = pending.pop(ref)
             base = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
             try:

@@ -96,3 +96,36 @@ def test_ray_flag_without_address_means_local():
     assert optional_ray_address(["batch", "--ray", "p.txt"]) == ["batch", "--ray", "local", "p.txt"]
     assert optional_ray_address(["batch", "p.txt", "--ray", "auto"]) == ["batch", "p.txt", "--ray", "auto"]
     assert optional_ray_address(["batch", "p.txt", "--ray", "10.0.0.1:6379"])[-1] == "10.0.0.1:6379"
+
+
+def test_ctrl_c_on_the_driver_checkpoints_running_prompts(tmp_path):
+    """A real SIGINT to `lodsgs batch --ray`: exit 130, and the running prompt saved a checkpoint though its
+    periodic one was far away."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    out = tmp_path / "out"
+    sets = [*SHORT, "run.steps=5000", "run.checkpoint_every=4000", "run.log_every=5"]
+    cmd = [sys.executable, "-m", "lodsgs", "batch", str(tmp_path / "p.txt"), "--ray", "--out", str(out),
+           *sum((["--set", s] for s in sets), [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    log = out / run_name("a red cube", 0) / "log.jsonl"
+    try:
+        deadline = time.time() + 180
+        while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
+            time.sleep(0.5)
+        assert log.exists() and len(log.read_text().splitlines()) >= 2, "the prompt never started running"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "running prompts checkpointed" in output and "rerun the same command" in output
+    ckpt = torch.load(log.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert 10 <= ckpt["step"] < 4000
