@@ -113,8 +113,10 @@ def test_ctrl_c_on_the_driver_checkpoints_running_prompts(tmp_path):
     sets = [*SHORT, "run.steps=5000", "run.checkpoint_every=4000", "run.log_every=5"]
     cmd = [sys.executable, "-m", "lodsgs", "batch", str(tmp_path / "p.txt"), "--ray", "--out", str(out),
            *sum((["--set", s] for s in sets), [])]
+    # a shell's background job starts with SIGINT ignored, which its children inherit: restore the default
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / run_name("a red cube", 0) / "log.jsonl"
     try:
         deadline = time.time() + 180
