@@ -1,4 +1,4 @@
-"""Niantic ``.spz`` version 2: gzip of a 16-byte header and struct-of-arrays sections, about 10x smaller than
+"""Niantic ``.spz`` version 2: gzip of a 16-byte header and struct-of-arrays sections, about 5x smaller than
 the ``.ply``. Version 2 is the one both Spark and GaussianSplats3D read (v3 only Spark, v4 neither).
 
 Layout from the public format description (nianticlabs/spz README and ``src/cc/load-spz.cc``):
