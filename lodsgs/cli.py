@@ -127,7 +127,7 @@ def _live_view(cfg, host: str, port: int):
 
     lodsgs batch prompts.txt --ray --out runs/batch1           # a local Ray: one worker per CPU
 
-    lodsgs batch prompts.txt --ray auto --out /shared/batch1   # the cluster `ray start` joined
+    lodsgs batch prompts.txt --ray auto --out /mnt/nfs/batch1   # the cluster `ray start` joined
 """)
 @friendly
 def batch(
