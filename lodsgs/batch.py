@@ -61,6 +61,18 @@ def append_manifest(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def already_done(record: dict, digest: str) -> bool:
+    """A manifest record of a prompt finished with the settings whose config hash is ``digest``."""
+    return record.get("status") == "done" and record.get("config_hash") == digest
+
+
+def failure(e: Exception) -> dict:
+    """A failed prompt's manifest fields: lodsgs errors as their one line, anything else with a short traceback."""
+    message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
+    return {"status": "failed", "error": message,
+            "traceback": None if isinstance(e, LodsgsError) else traceback.format_exc(limit=5)}
+
+
 @dataclass
 class BatchResult:
     done: int = 0
@@ -85,7 +97,7 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
     prior = None
     for k, prompt in enumerate(prompts, 1):
         old = records.get(prompt, {})
-        if old.get("status") == "done" and old.get("config_hash") == digest:
+        if already_done(old, digest):
             result.skipped += 1
             log(f"[{k}/{len(prompts)}] skip (done): {prompt}")
             continue
@@ -106,11 +118,9 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
                               "command to continue: finished prompts are skipped, this one resumes from its "
                               "checkpoint") from None
         except Exception as e:  # isolate every failure, out-of-memory included
-            message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
-            record.update(status="failed", error=message,
-                          traceback=None if isinstance(e, LodsgsError) else traceback.format_exc(limit=5))
+            record.update(failure(e))
             result.failed += 1
-            log(f"    failed: {message}")
+            log(f"    failed: {record['error']}")
         record["seconds"] = round(time.perf_counter() - start, 2)
         append_manifest(manifest, record)
     return result

@@ -40,7 +40,7 @@ class RunConfig:
     preview_every: int = 0  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
     turntable_frames: int = 36
     turntable_size: int = 256
-    spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a tenth of the .ply)
+    spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a fifth of the .ply)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
     view_every: int = 10  # with --view: push the current splats to the browser every N steps
 

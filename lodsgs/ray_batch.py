@@ -11,12 +11,11 @@ driver writes the same ``manifest.jsonl`` as the local batch, so either can resu
 from __future__ import annotations
 
 import time
-import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from lodsgs.batch import BatchResult, append_manifest, read_manifest
+from lodsgs.batch import BatchResult, already_done, append_manifest, failure, read_manifest
 from lodsgs.config import Config, config_hash
 from lodsgs.errors import LodsgsError
 
@@ -53,9 +52,7 @@ class PromptWorker:
         except Interrupted as e:
             record.update(status="interrupted", error=str(e))
         except Exception as e:  # isolate every failure, out-of-memory included
-            message = str(e) if isinstance(e, LodsgsError) else f"{type(e).__name__}: {e}"
-            record.update(status="failed", error=message,
-                          traceback=None if isinstance(e, LodsgsError) else traceback.format_exc(limit=5))
+            record.update(failure(e))
         record["seconds"] = round(time.perf_counter() - start, 2)
         return record
 
@@ -112,8 +109,7 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
     result = BatchResult()
     todo = []
     for prompt in prompts:
-        old = records.get(prompt, {})
-        if old.get("status") == "done" and old.get("config_hash") == digest:
+        if already_done(records.get(prompt, {}), digest):
             result.skipped += 1
             log(f"skip (done): {prompt}")
         else:

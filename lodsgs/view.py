@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 
 from lodsgs.cameras import CameraConfig, orbit_position
 from lodsgs.errors import LodsgsError
@@ -23,16 +24,12 @@ from lodsgs.splats.model import Splats
 
 
 def splat_arrays(splats: Splats) -> dict[str, np.ndarray]:
-    """viser's inputs: centres, 3D covariances R S² Rᵀ, colours in [0, 1] and opacities [N, 1]."""
+    """viser's inputs: centres, 3D covariances R S² Rᵀ (gsplat's reference, as the CPU rasterizer), colours in
+    [0, 1] and opacities [N, 1]."""
     with torch.no_grad():
-        q = torch.nn.functional.normalize(splats.params["quats"].detach().cpu().float(), dim=-1)
-        w, x, y, z = q.unbind(-1)
-        rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                           2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                           2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
-        m = rot * splats.scales.detach().cpu()[:, None, :]
-        return {"centers": splats.means.detach().cpu().numpy(),
-                "covariances": (m @ m.transpose(1, 2)).numpy(),
+        covars, _ = _quat_scale_to_covar_preci(splats.quats.detach().cpu(), splats.scales.detach().cpu(),
+                                               compute_preci=False, triu=False)
+        return {"centers": splats.means.detach().cpu().numpy(), "covariances": covars.numpy(),
                 "rgbs": splats.rgb.detach().cpu().clamp(0, 1).numpy(),
                 "opacities": splats.opacities.detach().cpu()[:, None].numpy()}
 
