@@ -295,6 +295,27 @@ def info(
                f"bounds {[round(v, 3) for v in lo]} .. {[round(v, 3) for v in hi]} (y-up)")
 
 
+@app.command("plot-log", epilog="""**Example**
+
+    lodsgs plot-log sds=runs/sds/a-cube-1a2b3c4d lods=runs/lods/a-cube-1a2b3c4d --out diag.png
+""")
+@friendly
+def plot_log(
+    runs: Annotated[list[str], typer.Argument(help="LABEL=RUN_DIR (or RUN_DIR: labelled by its folder name).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("log.png"),
+    keys: Annotated[str, typer.Option(help="Comma-separated log keys, one panel each.")] = "eps_gap,alpha_shift",
+    window: Annotated[int, typer.Option(help="Moving-average window in records.")] = 10,
+) -> None:
+    """Plot run logs side by side: by default |ε_c − ε_u| (relative to its start) and α's distance from its start."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LodsgsError("plot-log needs matplotlib: pip install 'lodsgs[plot]'") from None
+    from lodsgs.plot import plot_logs
+    labelled = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
+    typer.echo(f"wrote {plot_logs({k: Path(v) for k, v in labelled.items()}, keys.split(','), out, window)}")
+
+
 def _load_run(path: Path):
     from lodsgs.config import Config, load_config
     from lodsgs.splats.io import read_ply
@@ -323,9 +344,10 @@ def prior_list() -> None:
 
 @prior_app.command("captions")
 def prior_captions() -> None:
-    """Every caption of the shapes world (what `--prior shapes` knows)."""
+    """Every caption of the shapes world (what `--prior shapes` knows): the 30 objects, the 10 scenes, then the
+    underspecified ones ("a cube": any colour; "a red shape": any shape)."""
     from lodsgs.prior.shapes import world
-    for caption in world.captions():
+    for caption in world.captions() + world.underspecified_captions():
         typer.echo(caption)
 
 
@@ -345,6 +367,9 @@ def prior_train_shapes(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 4e-4,
     batch: Annotated[int, typer.Option(help="Images per step.")] = 32,
     weighting: Annotated[str, typer.Option(help="Loss weight per sample: v = min(1/ᾱ_t, 20), eps = 1.")] = "v",
+    underspecified: Annotated[float, typer.Option(
+        help="Share of single-object samples captioned by shape alone ('a cube'), and again by colour alone "
+             "('a red shape'); 0 = full captions only.")] = 0.15,
 ) -> None:
     """Train the offline shapes prior on the procedural world (about an hour on 2 CPU cores)."""
     from lodsgs.prior.shapes import train
@@ -352,15 +377,19 @@ def prior_train_shapes(
         raise LodsgsError(f"--weighting must be v or eps, got {weighting!r}")
     if minutes <= 0 or lr <= 0 or batch < 1:
         raise LodsgsError("--minutes and --lr must be > 0 and --batch >= 1")
+    if not 0 <= underspecified <= 0.5:
+        raise LodsgsError(f"--underspecified is a probability per kind, 0 to 0.5; got {underspecified}")
     argv = ["--out", str(out), "--minutes", str(minutes), "--seed", str(seed), "--lr", str(lr), "--batch", str(batch),
-            "--weighting", weighting] + (["--resume"] if resume else [])
+            "--weighting", weighting, "--underspecified", str(underspecified)] + (["--resume"] if resume else [])
     train.main(argv + (["--init", str(init)] if init else []))
 
 
 @prior_app.command("sanity", epilog="**Example**\n\n    lodsgs prior sanity --caption 'a red cube' --json sanity.json")
 @friendly
 def prior_sanity(
-    caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption (repeatable); default all.")] = None,
+    caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption (repeatable); default the 40 full "
+                                                      "captions; underspecified ones ('a cube') also count the "
+                                                      "samples' colours and shapes.")] = None,
     model: Annotated[str, typer.Option(help="Prior name or folder.")] = "shapes",
     n: Annotated[int, typer.Option(help="Samples per caption.")] = 4,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale of the DDIM samples.")] = 3.0,
@@ -370,15 +399,21 @@ def prior_sanity(
     import json
 
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
+    from lodsgs.prior.shapes import world
     from lodsgs.prior.shapes.sanity import sanity_report
+    unknown = [c for c in caption or [] if c not in world.captions() + world.underspecified_captions()]
+    if unknown:
+        raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
     prior = DiffusionPrior.from_pretrained(resolve_model(model))
     rows = sanity_report(prior, caption or None, n=n, cfg=cfg)
     keys = ("nearest_view_mse", "color_match", "background_error")
-    typer.echo("| caption | nearest-view MSE | colour match | background error |\n|---|---|---|---|")
+    typer.echo("| caption | nearest-view MSE | colour match | background error | samples' colours / shapes |\n"
+               "|---|---|---|---|---|")
     for r in rows:
-        typer.echo(f"| {r['caption']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+        modes = "; ".join(", ".join(f"{k} {v}" for k, v in r[h].items()) for h in ("colors", "shapes") if h in r)
+        typer.echo(f"| {r['caption']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {modes or '–'} |")
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-    typer.echo(f"| **mean of {len(rows)}** | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + " |")
+    typer.echo(f"| **mean of {len(rows)}** | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + " | |")
     if json_out:
         json_out.write_text(json.dumps({"rows": rows, "mean": mean, "n": n, "cfg": cfg}, indent=2))
 

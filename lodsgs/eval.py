@@ -109,19 +109,65 @@ def rivals(caption: str) -> tuple[list[str], list[str]] | None:
             [f"{world.article(c)} {c} {shape}" for c in world.COLORS])
 
 
+PURITY_RADIUS = 0.085  # half the closest two palette colours' chromaticity distance (yellow-orange, 0.17)
+
+
+def chromaticity(rgb: Tensor) -> Tensor:
+    """rgb / (r + g + b): the colour without its brightness, so baked shading does not change it."""
+    return rgb / rgb.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def interior(mask: Tensor) -> Tensor:
+    """The silhouette less its outline (pixels whose four neighbours are all inside): edge pixels blend with
+    the background and would read as a paler colour."""
+    outside = (~mask).float()[:, None]
+    return mask & (torch.nn.functional.max_pool2d(outside, 3, stride=1, padding=1)[:, 0] == 0)
+
+
+def purity(out: Images) -> float:
+    """Share of the object's interior pixels whose chromaticity lies within PURITY_RADIUS of the palette colour
+    that most of them are nearest: one clean colour scores near 1, a mix of two or a muddy average low."""
+    rgb, mask = out[0], interior(out[1])
+    if not mask.any():
+        return 0.0
+    pix = chromaticity(rgb[mask])
+    palette = chromaticity(torch.tensor(list(world.COLORS.values()), dtype=pix.dtype))
+    dist = torch.cdist(pix, palette)
+    dominant = int(dist.argmin(1).bincount(minlength=len(palette)).argmax())
+    return (dist[:, dominant] < PURITY_RADIUS).float().mean().item()
+
+
+def chroma(out: Images) -> float:
+    """Mean chroma (max − min channel) of the object's interior pixels."""
+    rgb, mask = out[0], interior(out[1])
+    px = rgb[mask]
+    return (px.max(-1).values - px.min(-1).values).mean().item() if len(px) else 0.0
+
+
 def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float]) -> dict:
     """score() against the caption's truth, plus shape and colour R@1 (1.0/0.0) and 1-based ranks by yaw-aligned
-    PSNR among rivals(caption), each candidate at its own best yaw; None for two-object scenes."""
-    cands = rivals(caption)
-    names = [caption] if cands is None else list(dict.fromkeys([caption, *cands[0], *cands[1]]))
+    PSNR among rivals(caption), each candidate at its own best yaw; None for two-object scenes.
+
+    An underspecified caption ("a cube", "a red shape") is scored against the nearest of the truths it allows
+    (``mode``: the best yaw-aligned PSNR), and gets the R@1 of the attribute it names (shape for "a cube")
+    with that mode as the caption. Single objects also get ``purity`` and ``saturation_excess`` (mean chroma
+    minus the scored truth's: above 0 is over-saturated)."""
+    modes = world.modes(caption)
+    cands = rivals(modes[0])
+    groups = [list(dict.fromkeys(c for m in modes for c in rivals(m)[k])) for k in (0, 1)] if cands else []
+    names = list(dict.fromkeys([*modes, *(c for group in groups for c in group)]))
     truths = {c: truth_images(c, views, background) for c in names}
     best = align(result, truths, views, background)
-    s = metrics(*best[caption], truths[caption])
+    mode = min(modes, key=lambda m: best[m][0])
+    s = metrics(*best[mode], truths[mode]) | {"mode": mode}
     if cands is None:
-        return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None}
-    for kind, group in zip(("shape", "color"), cands):
-        rank = 1 + sum(best[c][0] < best[caption][0] for c in group)
-        s |= {f"{kind}_rank": rank, f"{kind}_r1": float(rank == 1)}
+        return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None,
+                "purity": None, "saturation_excess": None}
+    s |= {"purity": purity(best[mode][2]), "saturation_excess": chroma(best[mode][2]) - chroma(truths[mode])}
+    for kind, group in zip(("shape", "color"), rivals(mode)):
+        named = len(modes) == 1 or len({world.parse(m)[0][kind == "shape"] for m in modes}) == 1
+        rank = 1 + sum(best[c][0] < best[mode][0] for c in group)
+        s |= {f"{kind}_rank": rank if named else None, f"{kind}_r1": float(rank == 1) if named else None}
     return s
 
 
@@ -142,7 +188,8 @@ class EvalResult:
         for variant in dict.fromkeys(r["variant"] for r in self.rows):
             rows = [r for r in self.rows if r["variant"] == variant]
             seeds = list(dict.fromkeys(r["seed"] for r in rows))
-            m = {k: mean(rows, k) for k in ("psnr", "iou", "color_error", "shape_r1", "color_r1", "seconds")}
+            m = {k: mean(rows, k) for k in ("psnr", "iou", "color_error", "shape_r1", "color_r1", "purity",
+                                            "saturation_excess", "seconds")}
             m |= {"n": len(rows), "r1_n": sum(r.get("shape_r1") is not None for r in rows), "seeds": len(seeds)}
             for k in SPREAD if len(seeds) > 1 else ():
                 per_seed = [x for s in seeds if (x := mean([r for r in rows if r["seed"] == s], k)) is not None]
@@ -154,16 +201,20 @@ class EvalResult:
         """The method table (mean ± sd across seeds when several), then PSNR / IoU per caption and method."""
         summary = self.summary()
         lines = ["| method | runs | PSNR (dB) ↑ | silhouette IoU ↑ | colour error ↓ | shape R@1 ↑ | colour R@1 ↑ "
-                 "| s / run |", "|---|---|---|---|---|---|---|---|"]
+                 "| purity ↑ | saturation excess | s / run |", "|---|---|---|---|---|---|---|---|---|---|"]
         for variant, m in summary.items():
             cells = [cell(m, "psnr", ".2f"), cell(m, "iou", ".3f"), cell(m, "color_error", ".3f"),
-                     cell(m, "shape_r1", ".2f"), cell(m, "color_r1", ".2f"), f"{m['seconds']:.0f}"]
+                     cell(m, "shape_r1", ".2f"), cell(m, "color_r1", ".2f"), cell(m, "purity", ".2f"),
+                     cell(m, "saturation_excess", "+.3f"), f"{m['seconds']:.0f}"]
             lines.append(f"| {variant} | {m['n']} | " + " | ".join(cells) + " |")
         seeds = max(m["seeds"] for m in summary.values()) if summary else 1
         r1_n = "/".join(str(n) for n in dict.fromkeys(m["r1_n"] for m in summary.values()))
         if any(m["r1_n"] for m in summary.values()):  # no note for scenes-only tables
             lines += ["", f"R@1: share of the {r1_n} single-object runs whose captioned shape (colour) has the "
-                      "best yaw-aligned PSNR among the 5 shapes in that colour (6 colours of that shape)"
+                      "best yaw-aligned PSNR among the 5 shapes in that colour (6 colours of that shape); an "
+                      "underspecified caption (\"a cube\", \"a red shape\") is scored against the nearest truth it "
+                      "allows and counts for the attribute it names. Purity: share of the object's pixels near one "
+                      "palette colour; saturation excess: mean chroma minus the scored truth's"
                       + (f"; ± is the sd across {seeds} seeds of the per-seed means." if seeds > 1 else ".")]
         return "\n".join(lines + ["", *self.caption_table(list(summary), seeds)]) + "\n"
 
@@ -235,8 +286,8 @@ def run_eval(
     from lodsgs.generate import Interrupted, load_prior, resolve_device
 
     views = views or EvalViews()
-    known = world.captions()
-    captions = captions or known
+    known = world.captions() + world.underspecified_captions()
+    captions = captions or world.captions()
     unknown = [c for c in captions if c not in known]
     if unknown:
         raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")

@@ -10,7 +10,9 @@ from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
 
 LOG_NAME = "log.jsonl"
-GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss", "grown", "pruned")  # grown/pruned: run totals
+# grown/pruned: run totals; eps_gap: RMS of ε_c − ε_u; alpha_*/lora_b_norm: where LODS's learned branch is
+GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap", "alpha_shift", "alpha_cos",
+                 "lora_b_norm", "grown", "pruned")
 
 
 class RunLog:
@@ -88,9 +90,19 @@ def summarize(path: Path) -> dict[str, Any]:
     for key in ("sds", "t_max", "prior_loss"):
         summary[f"{key}_start"], summary[f"{key}_end"] = first.get(key), last.get(key)
     summary["grown"], summary["pruned"] = last.get("grown"), last.get("pruned")
+    quarter = max(1, len(records) // 4)  # eps_gap varies with each step's random t: average a quarter of the run
+    summary["eps_gap_start"] = _mean([r.get("eps_gap") for r in records[:quarter]])
+    summary["eps_gap_end"] = _mean([r.get("eps_gap") for r in records[-quarter:]])
+    for key in ("alpha_shift", "alpha_cos", "lora_b_norm"):
+        summary[f"{key}_start"], summary[f"{key}_end"] = first.get(key), last.get(key)
     steps, seconds = last.get("step"), last.get("seconds")
     summary["seconds_per_step"] = seconds / steps if steps and seconds is not None else None
     return summary
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -112,5 +124,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         parts.insert(2, f"densify grew {summary['grown']} / pruned {summary['pruned']}")
     if summary["prior_loss_start"] or summary["prior_loss_end"]:
         parts.append(f"prior loss {span('prior_loss')}")
+    if summary.get("eps_gap_start") is not None:
+        parts.append(f"|ε_c − ε_u| {span('eps_gap')} (first / last quarter)")
+    if summary.get("alpha_shift_end") is not None:
+        parts.append(f"α moved {num(summary['alpha_shift_end'])} of its norm, cosine to the caption "
+                     f"{span('alpha_cos')}")
+    if summary.get("lora_b_norm_end") is not None:
+        parts.append(f"LoRA B norm {span('lora_b_norm')}")
     parts += [f"t_max {span('t_max')}", f"{num(summary['seconds_per_step'])} s/step"]
     return "; ".join(parts)

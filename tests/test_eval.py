@@ -27,7 +27,8 @@ def test_r_precision_tells_shapes_and_colours_apart():
     s = score_caption(world.build_object("a red cube"), "a red cube", views, world.BACKGROUND)
     assert (s["shape_r1"], s["color_r1"], s["shape_rank"], s["color_rank"]) == (1.0, 1.0, 1, 1)
     assert s == {**score(world.build_object("a red cube"), world.build_object("a red cube"), views, world.BACKGROUND),
-                 **{k: s[k] for k in ("shape_r1", "color_r1", "shape_rank", "color_rank")}}
+                 **{k: s[k] for k in ("shape_r1", "color_r1", "shape_rank", "color_rank", "purity",
+                                      "saturation_excess")}, "mode": "a red cube"}
     sphere = score_caption(world.build_object("a red sphere"), "a red cube", views, world.BACKGROUND)
     assert sphere["shape_r1"] == 0.0 and sphere["shape_rank"] > 1
     blue = score_caption(world.build_object("a blue cube"), "a red cube", views, world.BACKGROUND)
@@ -35,6 +36,39 @@ def test_r_precision_tells_shapes_and_colours_apart():
     scene = score_caption(world.build_object("a red cube on a blue cylinder"), "a red cube on a blue cylinder", views,
                           world.BACKGROUND)
     assert scene["shape_r1"] is scene["color_r1"] is scene["shape_rank"] is None and scene["psnr"] > 60
+
+
+def test_underspecified_captions_score_against_the_nearest_mode():
+    views = EvalViews(n=4, size=32, yaw_steps=4)
+    green = world.build_object("a green cube")
+    own = score_caption(green, "a green cube", views, world.BACKGROUND)
+    s = score_caption(green, "a cube", views, world.BACKGROUND)
+    assert s["mode"] == "a green cube" and s["psnr"] == own["psnr"] and s["iou"] == own["iou"] == 1.0
+    assert s["shape_r1"] == 1.0 and s["color_r1"] is None  # "a cube" names the shape, not the colour
+    red = score_caption(green, "a red shape", views, world.BACKGROUND)
+    assert red["mode"].startswith("a red ") and red["psnr"] < own["psnr"] - 5  # green is none of the red modes
+    assert red["shape_r1"] is None and red["color_r1"] == 0.0
+
+
+def test_purity_and_saturation_excess_on_constructed_objects():
+    views = EvalViews(n=4, size=32, yaw_steps=4)
+    truth = world.build_object("a red cube")
+    s = score_caption(truth, "a red cube", views, world.BACKGROUND)
+    assert s["purity"] > 0.9 and abs(s["saturation_excess"]) < 1e-6  # the truth is pure, and exactly as saturated
+    mixed = world.build_object("a red cube")
+    half = mixed.means[:, 0] > 0  # the +x half turned blue: a two-colour object
+    mixed.params["sh0"].data[half] = world.build_object("a blue cube").params["sh0"][:1].expand(int(half.sum()), -1, -1)
+    m = score_caption(mixed, "a red cube", views, world.BACKGROUND)
+    assert m["purity"] < 0.75, m["purity"]
+    muddy = world.build_object("a red cube")  # the colour pulled halfway to grey: a washed-out average
+    muddy.params["sh0"].data *= 0.5
+    assert score_caption(muddy, "a red cube", views, world.BACKGROUND)["saturation_excess"] < -0.1
+    vivid = world.build_object("a red cube")  # pushed away from grey: over-saturated
+    vivid.params["sh0"].data *= 1.6
+    assert score_caption(vivid, "a red cube", views, world.BACKGROUND)["saturation_excess"] > 0.05
+    scene = score_caption(world.build_object("a red cube on a blue cylinder"), "a red cube on a blue cylinder",
+                          views, world.BACKGROUND)
+    assert scene["purity"] is scene["saturation_excess"] is None  # two colours by design
 
 
 def test_summary_over_seeds_averages_r_precision_over_single_objects_only():
@@ -50,7 +84,7 @@ def test_summary_over_seeds_averages_r_precision_over_single_objects_only():
     assert m["psnr_sd"] == pytest.approx(8**0.5) and m["iou_sd"] == pytest.approx(0.02**0.5)  # of 15, 19 and .6, .8
     assert m["shape_r1_sd"] == pytest.approx(0.5**0.5) and m["color_r1_sd"] == 0.0
     table = EvalResult(rows).markdown()
-    assert "| m | 4 | 17.00 ± 2.83 | 0.700 ± 0.141 | 0.100 | 0.50 ± 0.71 | 1.00 ± 0.00 | 2 |" in table
+    assert "| m | 4 | 17.00 ± 2.83 | 0.700 ± 0.141 | 0.100 | 0.50 ± 0.71 | 1.00 ± 0.00 | – | – | 2 |" in table
     assert f"| {scene} | 22.0 dB / 0.80 |" in table and "mean of 2 seeds" in table
     one = EvalResult(rows[:2]).summary()["m"]
     assert "psnr_sd" not in one and (one["shape_r1"], one["r1_n"]) == (1.0, 1)

@@ -200,6 +200,33 @@ def test_embedding_init_isolation_and_learning(prior):
     assert last < first, (first, last)
 
 
+def test_diagnostics_track_where_the_learned_branch_is(latent):
+    images, views = renders(b=2), ["front", "side"]
+    sds = Guidance(latent, GuidanceConfig(method="sds"), PROMPT, seed=0)(images, views, 0).logs
+    assert sds["eps_gap"] > 0 and not {"alpha_shift", "alpha_cos", "lora_b_norm"} & set(sds)
+    guidance = Guidance(latent, GuidanceConfig(method="lods-embedding", embedding_lr=1e-2), PROMPT, seed=0)
+    first = guidance(images, views, 0).logs
+    caption, negative = latent.encode_text(PROMPT).flatten(), latent.encode_text("").flatten()
+    assert first["alpha_shift"] == 0.0
+    assert first["alpha_cos"] == pytest.approx(torch.nn.functional.cosine_similarity(caption, negative, 0).item())
+    opt = torch.optim.Adam(guidance.param_groups())
+    for step in range(5):
+        out = guidance(images, views, step)
+        opt.zero_grad()
+        out.prior_loss.backward()
+        opt.step()
+    moved = (guidance.embedding.detach().flatten() - negative).norm() / negative.norm()
+    assert guidance.diagnostics()["alpha_shift"] == pytest.approx(moved.item()) and moved > 0
+    lora = Guidance(latent, GuidanceConfig(method="lods-lora", lora_lr=1e-2), PROMPT, seed=0)
+    assert lora(images, views, 0).logs["lora_b_norm"] == 0.0  # B starts at zero: the base model
+    opt = torch.optim.Adam(lora.param_groups())
+    out = lora(images, views, 1)
+    out.prior_loss.backward()
+    opt.step()
+    assert lora.diagnostics()["lora_b_norm"] > 0
+    Guidance(latent, GuidanceConfig(method="sds"), PROMPT)  # leave the shared prior without adapters
+
+
 def test_sds_loss_moves_the_renders_not_the_embedding(latent):
     guidance = Guidance(latent, GuidanceConfig(method="lods-embedding"), PROMPT, seed=0)
     out = guidance(renders(), ["front", "side"], 0)

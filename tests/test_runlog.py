@@ -13,7 +13,8 @@ from lodsgs.runlog import format_summary, read_records, summarize
 
 runner = CliRunner()
 PROMPT = "a red cube"
-KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "grown", "pruned", "gaussians", "lr", "seconds"}
+KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap", "alpha_shift", "alpha_cos", "lora_b_norm",
+        "grown", "pruned", "gaussians", "lr", "seconds"}
 TINY = ["run.steps=6", "run.batch=2", "run.turntable_frames=4", "run.turntable_size=32", "camera.width=32",
         "camera.height=32", "init.num=200", "densify.refine_start=2", "densify.refine_every=2",
         "densify.refine_stop=5", "guidance.anneal_after_step=3"]
@@ -40,7 +41,9 @@ def test_generate_writes_log_and_previews(logged_run):
         assert set(r) == KEYS
         assert set(r["lr"]) == {"means", "scales", "quats", "opacities", "sh0", "shN", "prior"}
         assert isinstance(r["gaussians"], int) and r["gaussians"] > 0
-        assert all(isinstance(r[k], float) for k in ("t", "t_max", "sds", "grad_norm", "prior_loss"))
+        assert all(isinstance(r[k], float) for k in ("t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap",
+                                                     "alpha_shift", "alpha_cos"))
+        assert r["lora_b_norm"] is None  # the default method learns α, not LoRA
     assert records[-1]["gaussians"] == json.loads((logged_run / "metrics.json").read_text())["gaussians"]
     assert records[0]["lr"]["means"] > records[-1]["lr"]["means"]  # the means lr decays
     assert records[0]["t_max"] > records[-1]["t_max"]  # annealed after step 3
@@ -86,7 +89,8 @@ def test_summarize_skips_a_truncated_last_line(tmp_path):
     rows = [(10, 2000, 0.12, 980.0, 0.5, 2.5), (20, 1800, 0.08, 980.0, 0.4, 5.0),
             (30, 5200, 0.05, 300.0, 0.3, 7.5), (40, 4100, 0.03, 300.0, 0.2, 10.0)]
     lines = [json.dumps({"step": s, "gaussians": g, "sds": l, "t_max": tm, "prior_loss": p, "seconds": sec,
-                         "grown": 35 * s, "pruned": 10 * s}) for s, g, l, tm, p, sec in rows]
+                         "grown": 35 * s, "pruned": 10 * s, "eps_gap": 0.5 - s / 100, "alpha_shift": s / 1000,
+                         "alpha_cos": s / 100, "lora_b_norm": None}) for s, g, l, tm, p, sec in rows]
     log.write_text("\n".join(lines) + '\n{"step": 50, "gaussians": 99999, "sd')
     summary = summarize(log)
     assert summary == {
@@ -94,10 +98,14 @@ def test_summarize_skips_a_truncated_last_line(tmp_path):
         "gaussians_start": 2000, "gaussians_min": 1800, "gaussians_max": 5200, "gaussians_end": 4100,
         "sds_start": 0.12, "sds_end": 0.03, "t_max_start": 980.0, "t_max_end": 300.0,
         "prior_loss_start": 0.5, "prior_loss_end": 0.2, "seconds_per_step": 0.25, "grown": 1400, "pruned": 400,
+        "eps_gap_start": pytest.approx(0.4), "eps_gap_end": pytest.approx(0.1),  # means of the first / last quarter
+        "alpha_shift_start": 0.01, "alpha_shift_end": 0.04, "alpha_cos_start": 0.1, "alpha_cos_end": 0.4,
+        "lora_b_norm_start": None, "lora_b_norm_end": None,
     }
     assert format_summary(summary) == ("log: 4 records, steps 10..40; gaussians 2000 -> min 1800 / max 5200 -> 4100; "
                                        "densify grew 1400 / pruned 400; sds loss 0.12 -> 0.03; prior loss 0.5 -> 0.2; "
-                                       "t_max 980 -> 300; 0.25 s/step")
+                                       "|ε_c − ε_u| 0.4 -> 0.1 (first / last quarter); α moved 0.04 of its norm, "
+                                       "cosine to the caption 0.1 -> 0.4; t_max 980 -> 300; 0.25 s/step")
     log.write_text('{"step": 1')
     assert summarize(log) == {"records": 0} and format_summary(summarize(log)) == "log: empty"
 
@@ -108,3 +116,23 @@ def test_info_prints_metrics_and_the_log_summary(logged_run):
     assert '"steps": 6' in result.output  # metrics.json as before
     line = next(x for x in result.output.splitlines() if x.startswith("log: "))
     assert line.startswith("log: 3 records, steps 2..6; gaussians ") and "sds loss" in line and "s/step" in line
+
+
+def test_plot_log_draws_each_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    for name, gap in (("sds", lambda s: 0.3), ("lods", lambda s: 0.3 - s / 400)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "log.jsonl").write_text("".join(json.dumps(
+            {"step": s, "eps_gap": gap(s), "alpha_shift": None if name == "sds" else s / 1e4}) + "\n"
+            for s in range(10, 110, 10)))
+    out = tmp_path / "diag.png"
+    result = runner.invoke(app, ["plot-log", f"SDS={tmp_path / 'sds'}", str(tmp_path / "lods"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    img = imageio.imread(out)
+    assert img.shape[1] > 2 * img.shape[0] / 1.5  # two panels side by side
+    assert (np.asarray(img)[..., :3].std(-1) > 30).mean() > 0.001  # coloured lines, not a blank canvas
+    bad = runner.invoke(app, ["plot-log", str(tmp_path), "--out", str(out)])
+    assert bad.exit_code == 2 and "no log.jsonl" in bad.output and "Traceback" not in bad.output

@@ -17,6 +17,32 @@ def test_world_has_the_promised_captions():
     assert "a red cube on a blue cylinder" in caps and "an orange torus" in caps
 
 
+def test_underspecified_captions_name_their_modes_and_keep_old_token_ids():
+    under = world.underspecified_captions()
+    assert "a cube" in under and "a red shape" in under and "an orange shape" in under and len(under) == 11
+    assert world.modes("a cube") == [f"{world.article(c)} {c} cube" for c in world.COLORS]
+    assert world.modes("a red shape") == [f"a red {s}" for s in world.SHAPES]
+    assert world.modes("a red cube") == ["a red cube"]
+    with pytest.raises(ValueError):
+        world.modes("a fluffy corgi")
+    vocab = world.vocabulary()
+    assert vocab[-len(world.EXTRA_WORDS):] == list(world.EXTRA_WORDS)  # appended: earlier ids keep their rows
+    assert vocab[:-len(world.EXTRA_WORDS)] == sorted(vocab[:-len(world.EXTRA_WORDS)])
+
+
+def test_training_captions_leave_one_attribute_open_at_the_stated_rate():
+    from lodsgs.prior.shapes.train import training_caption
+
+    g = torch.Generator().manual_seed(0)
+    got = [training_caption("a red cube", torch.rand(2, generator=g), 0.15) for _ in range(4000)]
+    share = {c: got.count(c) / len(got) for c in set(got)}
+    assert set(share) == {"a red cube", "a cube", "a red shape"}
+    assert share["a cube"] == pytest.approx(0.15, abs=0.02) and share["a red shape"] == pytest.approx(0.15, abs=0.02)
+    scene = "a red cube on a blue cylinder"
+    assert training_caption(scene, torch.zeros(2), 0.15) == scene  # scenes keep their full caption
+    assert training_caption("a red cube", torch.zeros(2), 0.0) == "a red cube"
+
+
 def test_objects_are_deterministic_and_coloured():
     a, b = world.build_object("a green cone"), world.build_object("a green cone")
     for key in a.params:
@@ -128,12 +154,15 @@ def test_prior_sanity_command_reports_each_caption(tmp_path):
     from lodsgs.cli import app
     out = tmp_path / "sanity.json"
     result = CliRunner().invoke(app, ["prior", "sanity", "--caption", "a red cube", "--caption", "a blue torus",
-                                      "--n", "1", "--json", str(out)])
+                                      "--caption", "a cube", "--n", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "| a red cube |" in result.output and "| a blue torus |" in result.output
     rows = json.loads(out.read_text())["rows"]
-    assert [r["caption"] for r in rows] == ["a red cube", "a blue torus"]
+    assert [r["caption"] for r in rows] == ["a red cube", "a blue torus", "a cube"]
     assert all(0 <= r["color_match"] <= 1 and r["nearest_view_mse"] > 0 for r in rows)
+    assert "colors" not in rows[0] and rows[2]["shapes"] == {"cube": 2} and sum(rows[2]["colors"].values()) == 2
+    bad = CliRunner().invoke(app, ["prior", "sanity", "--caption", "a corgi"])
+    assert bad.exit_code == 2 and "not shapes-world captions" in bad.output and "Traceback" not in bad.output
 
 
 def test_training_command_exports_a_loadable_prior_and_resumes(tmp_path):
@@ -149,3 +178,19 @@ def test_training_command_exports_a_loadable_prior_and_resumes(tmp_path):
     train.main(args[:-1] + ["0.1", "--resume"])  # a larger total budget continues from the checkpoint
     second = torch.load(work / "checkpoint.pt", weights_only=False)
     assert second["step"] > first["step"] and second["elapsed"] > first["elapsed"]
+
+
+def test_warm_start_keeps_the_old_token_rows_when_the_vocabulary_grew(tmp_path):
+    from lodsgs.prior.shapes import train
+
+    tok = train.build_tokenizer()
+    unet, text = train.build_models(len(tok))
+    old_unet, old_text = train.build_models(len(tok) - len(world.EXTRA_WORDS))  # a prior from before "shape"
+    old_unet.save_pretrained(tmp_path / "unet")
+    old_text.save_pretrained(tmp_path / "text_encoder")
+    fresh = text.get_input_embeddings().weight.detach().clone()
+    train.load_weights(tmp_path, unet, text)
+    rows, old_rows = text.get_input_embeddings().weight, old_text.get_input_embeddings().weight
+    assert torch.equal(rows[: len(old_rows)], old_rows)
+    assert torch.equal(rows[len(old_rows):], fresh[len(old_rows):])  # the new word keeps its fresh init
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), old_unet.state_dict().values()))

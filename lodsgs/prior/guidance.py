@@ -61,7 +61,7 @@ class GuidanceConfig:
 class GuidanceOutput:
     loss: Tensor  # scalar 0.5·||g||²/B; d loss / d images = g/B chained through encode_images
     prior_loss: Tensor  # scalar; trains only α / ψ (a 0-tensor for sds)
-    logs: dict[str, float] = field(default_factory=dict)  # t, t_max, grad_norm, sds, prior_loss
+    logs: dict[str, float] = field(default_factory=dict)  # t, t_max, grad_norm, sds, prior_loss + diagnostics()
 
 
 class Guidance(nn.Module):
@@ -87,8 +87,10 @@ class Guidance(nn.Module):
         _remove_adapters(prior)  # a prior shared across runs (batch, eval) must start clean
         if cfg.method == "lods-embedding":  # α: text-encoder OUTPUT of the negative prompt, one for all views
             self.embedding = nn.Parameter(self.negative.detach().float().clone())
+            self.caption_embedding = prior.encode_text(prompt).detach().float()  # for the diagnostics only
         elif cfg.method == "lods-lora":
             self.lora = _add_lora(prior, cfg.lora_rank)
+            self.lora_b = [p for n, p in prior.unet.named_parameters() if "lora_B" in n]  # zero at the start
         # an fp16 UNet (CUDA) gets the prior loss's gradient scaled up before it enters the network and scaled
         # back down on α / ψ (fp32): ε-MSE over B·4·64·64 elements hands each one ~1e-5, where fp16 underflows
         self.grad_scale = PRIOR_LOSS_SCALE if prior.dtype == torch.float16 else 1.0
@@ -161,9 +163,24 @@ class Guidance(nn.Module):
         with self._timed("fused"):
             w = 1.0 - prior.alphas_cumprod[t]  # [B]
             loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
-        sds, p_loss, t_mean = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean()]).tolist()
-        logs = {"t": t_mean, "t_max": float(t_hi), "grad_norm": (2 * B * sds) ** 0.5, "sds": sds, "prior_loss": p_loss}
+        gap = (eps_c.float() - eps_u.float()).pow(2).mean().sqrt()
+        sds, p_loss, t_mean, gap = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean(),
+                                                gap]).tolist()
+        logs = {"t": t_mean, "t_max": float(t_hi), "grad_norm": (2 * B * sds) ** 0.5, "sds": sds, "prior_loss": p_loss,
+                "eps_gap": gap, **self.diagnostics()}
         return GuidanceOutput(loss, prior_loss, logs)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Where the learned branch is: α's relative distance from its start (the negative prompt) and its cosine
+        to the caption's own embedding; LoRA's lora_B norm (zero at the start). Empty for SDS."""
+        if self.embedding is not None:
+            a, a0, c = self.embedding.flatten(), self.negative.float().flatten(), self.caption_embedding.flatten()
+            return {"alpha_shift": ((a - a0).norm() / a0.norm()).item(),
+                    "alpha_cos": F.cosine_similarity(a, c, dim=0).item()}
+        if self.lora:
+            return {"lora_b_norm": torch.stack([p.norm() for p in self.lora_b]).norm().item()}
+        return {}
 
     def _noise_predictions(self, x_t: Tensor, t: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """(ε_c, ε_u): one batched UNet call, or for LoRA the pristine model then the LoRA-carrying one."""

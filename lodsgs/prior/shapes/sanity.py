@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from diffusers import DDIMScheduler
 
@@ -59,19 +61,30 @@ def nearest_color_name(rgb: torch.Tensor) -> str:
 @torch.no_grad()
 def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: int = 4, gt_views: int = 48,
                   seed: int = 0, cfg: float = 3.0) -> list[dict]:
-    """Per caption: nearest-view MSE of samples against ground-truth renders, and dominant-colour match."""
+    """Per caption: nearest-view MSE of samples against ground-truth renders, and dominant-colour match.
+
+    An underspecified caption ("a cube", "a red shape") is scored against the nearest truth it allows, sample
+    by sample, and its row also counts the samples' colours and (nearest) shapes: does the prior cover the modes?
+    """
     rows = []
     g = torch.Generator().manual_seed(seed)
     cam_cfg = world.SHAPES_CAMERAS
     for caption in captions or world.captions():
         samples = sample(prior, caption, n=n, seed=seed, cfg=cfg)
         cams = sample_cameras(cam_cfg, gt_views, g)
-        gt = render(world.build_object(caption), cams, background=world.BACKGROUND).rgb.clamp(0, 1)
-        mse = ((samples[:, None] - gt[None]) ** 2).mean((2, 3, 4)).min(1).values
-        first = world.parse(caption)[0][0]
+        modes = world.modes(caption)
+        per_mode = []
+        for mode in modes:
+            gt = render(world.build_object(mode), cams, background=world.BACKGROUND).rgb.clamp(0, 1)
+            per_mode.append(((samples[:, None] - gt[None]) ** 2).mean((2, 3, 4)).min(1).values)
+        mse, nearest = torch.stack(per_mode).min(0)
         colors = [nearest_color_name(c) for c in dominant_color(samples)]
+        allowed = {color for mode in modes for color, _ in world.parse(mode)}
         tint = (border_color(samples) - torch.tensor(world.BACKGROUND)).abs().mean()
-        rows.append({"caption": caption, "nearest_view_mse": float(mse.mean()),
-                     "color_match": sum(c == first or c in caption for c in colors) / n,
-                     "background_error": float(tint)})
+        row = {"caption": caption, "nearest_view_mse": float(mse.mean()),
+               "color_match": sum(c in allowed for c in colors) / n, "background_error": float(tint)}
+        if len(modes) > 1:
+            row["colors"] = dict(Counter(colors).most_common())
+            row["shapes"] = dict(Counter(world.parse(modes[i])[0][1] for i in nearest.tolist()).most_common())
+        rows.append(row)
     return rows

@@ -27,6 +27,7 @@ MAX_TOKENS = 16
 WIDTH = 128  # text-encoder width = UNet cross-attention width
 CAPTION_DROPOUT = 0.12  # empty prompt, for classifier-free guidance
 VIEW_SUFFIX_PROB = 0.5
+UNDERSPECIFIED_PROB = 0.15  # per kind: a single object is captioned "a cube" 15%, "a red shape" 15% of the time
 V_WEIGHT_CAP = 20.0  # 1/alpha_bar reaches 20 at t ~ 0.85 T; beyond it x0 is guesswork anyway
 
 
@@ -55,6 +56,29 @@ def scheduler() -> DDPMScheduler:
 def encode(tokenizer, text_model, texts: list[str]) -> torch.Tensor:
     ids = tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
     return text_model(ids.input_ids).last_hidden_state
+
+
+def training_caption(caption: str, r: torch.Tensor, underspecified: float) -> str:
+    """The caption one training sample gets from uniform draws ``r`` [2]: a single object's full caption, or with
+    probability ``underspecified`` each its shape alone ("a cube") or its colour alone ("a red shape")."""
+    parts = world.parse(caption)
+    if len(parts) != 1 or r[0] >= 2 * underspecified:
+        return caption
+    color, shape = parts[0]
+    return f"a {shape}" if r[1] < 0.5 else f"{world.article(color)} {color} shape"
+
+
+def load_weights(init: Path, unet: UNet2DConditionModel, text: CLIPTextModel) -> None:
+    """Warm-start from an exported folder; a vocabulary that grew since keeps the old token rows and the fresh
+    initialization of the new ones (world.EXTRA_WORDS are appended, so old ids are unchanged)."""
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet").float().state_dict())
+    old = CLIPTextModel.from_pretrained(init / "text_encoder").float().state_dict()
+    new = text.state_dict()
+    for key, value in old.items():
+        if value.shape != new[key].shape:  # the token embedding: [old vocab, width] into [new vocab, width]
+            new[key][: value.shape[0]] = value
+            old[key] = new[key]
+    text.load_state_dict(old)
 
 
 def export(out: Path, unet, text, tokenizer, sched) -> None:
@@ -88,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"per-sample loss weight: 'v' = min(1/alpha_bar, {V_WEIGHT_CAP:g}), the v-prediction loss "
                          "written for an epsilon model (it trains the image mean at high noise, where plain "
                          "epsilon-MSE gives almost no signal and samples come out tinted); 'eps' = 1")
+    ap.add_argument("--underspecified", type=float, default=UNDERSPECIFIED_PROB,
+                    help="share of single-object samples captioned by shape alone ('a cube'), and the same share by "
+                         "colour alone ('a red shape'); 0 trains full captions only")
     ap.add_argument("--init", type=Path, default=None,
                     help="warm-start from an exported weights folder (fresh optimizer), e.g. the shipped prior")
     args = ap.parse_args(argv)
@@ -101,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer()
     unet, text = build_models(len(tokenizer))
     if args.init is not None:
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init / "unet").float().state_dict())
-        text.load_state_dict(CLIPTextModel.from_pretrained(args.init / "text_encoder").float().state_dict())
+        load_weights(args.init, unet, text)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
@@ -130,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             x0 = images[idx]
             texts = []
             for i in idx.tolist():
-                r = torch.rand(2, generator=g)
-                caption = data["captions"][int(data["caption_ids"][i])]
+                r = torch.rand(4, generator=g)
+                caption = training_caption(data["captions"][int(data["caption_ids"][i])], r[2:], args.underspecified)
                 texts.append("" if r[0] < CAPTION_DROPOUT else caption_text(caption, data["labels"][i],
                                                                                bool(r[1] < VIEW_SUFFIX_PROB)))
             t = torch.randint(0, 1000, (args.batch,), generator=g)

@@ -58,13 +58,33 @@ def captions() -> list[str]:
     return single + pairs
 
 
+def underspecified_captions() -> list[str]:
+    """Captions that leave one attribute open: "a cube" (any of the six colours), "a red shape" (any of the
+    five shapes). Scenes have none: a scene with an open attribute has dozens of modes, too many to score."""
+    return [f"a {s}" for s in SHAPES] + [f"{article(c)} {c} shape" for c in COLORS]
+
+
+def modes(caption: str) -> list[str]:
+    """The full captions a caption allows: its colour's shapes, its shape's colours, or the caption itself."""
+    words = caption.split()
+    if caption in underspecified_captions() and words[-1] == "shape":
+        return [f"{article(words[1])} {words[1]} {s}" for s in SHAPES]
+    if caption in underspecified_captions():
+        return [f"{article(c)} {c} {words[1]}" for c in COLORS]
+    parse(caption)  # a full caption, or ValueError
+    return [caption]
+
+
 def has_front(caption: str) -> bool:
     return " left of " in caption
 
 
+EXTRA_WORDS = ("shape",)  # words added after the first prior, appended so the earlier token ids keep their rows
+
+
 def vocabulary() -> list[str]:
     words = {w for c in captions() for w in c.split()} | set(VIEW_WORDS)
-    return sorted(words)
+    return sorted(words) + list(EXTRA_WORDS)
 
 
 # --- surfaces: points, normals and area, all deterministic given a generator -----------------------
