@@ -306,7 +306,7 @@ def plot_log(
     keys: Annotated[str, typer.Option(help="Comma-separated log keys, one panel each.")] = "eps_gap,alpha_shift",
     window: Annotated[int, typer.Option(help="Moving-average window in records.")] = 10,
 ) -> None:
-    """Plot run logs side by side: by default |ε_c − ε_u| (relative to its start) and α's distance from its start."""
+    """Plot run logs side by side: by default |ε_c − ε_u| and α's distance from its start (moving averages)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:

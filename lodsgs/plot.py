@@ -12,14 +12,13 @@ from lodsgs.errors import LodsgsError
 from lodsgs.runlog import LOG_NAME, read_records
 
 TITLES = {
-    "eps_gap": "|ε_c − ε_u| (RMS), relative to its first value",
+    "eps_gap": "|ε_c − ε_u| (RMS)",
     "alpha_shift": "α's distance from its start / |α₀|",
     "alpha_cos": "cosine(α, the caption's embedding)",
     "lora_b_norm": "LoRA: norm of the B matrices",
     "prior_loss": "prior loss (ε-MSE of the learned branch)",
     "sds": "guidance loss",
 }
-RELATIVE = {"eps_gap"}  # plotted relative to the run's own smoothed first value
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -32,15 +31,12 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def curves(run_dir: Path, key: str, window: int) -> tuple[list[int], list[float]]:
-    """(steps, values) of ``key`` in a run's log, smoothed; relative to the first value for RELATIVE keys."""
+    """(steps, values) of ``key`` in a run's log, smoothed."""
     log = Path(run_dir) / LOG_NAME
     if not log.exists():
         raise LodsgsError(f"{str(run_dir)!r} has no {LOG_NAME}; is it a run folder made with run.log_every > 0?")
     rows = [(r["step"], r[key]) for r in read_records(log) if r.get(key) is not None]
-    steps, values = [s for s, _ in rows], smooth([v for _, v in rows], window)
-    if key in RELATIVE and values and values[0]:
-        values = [v / values[0] for v in values]
-    return steps, values
+    return [s for s, _ in rows], smooth([v for _, v in rows], window)
 
 
 def plot_logs(runs: dict[str, Path], keys: list[str], out: Path, window: int = 10) -> Path:
@@ -52,10 +48,10 @@ def plot_logs(runs: dict[str, Path], keys: list[str], out: Path, window: int = 1
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, run in runs.items():
+        for i, (label, run) in enumerate(runs.items()):
             steps, values = curves(run, key, window)
-            if steps:
-                ax.plot(steps, values, label=label)
+            if steps:  # one colour per run across panels
+                ax.plot(steps, values, label=label, color=f"C{i % 10}")
         ax.set_title(TITLES.get(key, key), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
