@@ -347,7 +347,7 @@ def prior_captions() -> None:
     """Every caption of the shapes world (what `--prior shapes` knows): the 30 objects, the 10 scenes, then the
     underspecified ones ("a cube": any colour; "a red shape": any shape)."""
     from lodsgs.prior.shapes import world
-    for caption in world.captions() + world.underspecified_captions():
+    for caption in world.all_captions():
         typer.echo(caption)
 
 
@@ -401,7 +401,7 @@ def prior_sanity(
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
     from lodsgs.prior.shapes import world
     from lodsgs.prior.shapes.sanity import sanity_report
-    unknown = [c for c in caption or [] if c not in world.captions() + world.underspecified_captions()]
+    unknown = [c for c in caption or [] if c not in world.all_captions()]
     if unknown:
         raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
     prior = DiffusionPrior.from_pretrained(resolve_model(model))

@@ -153,19 +153,18 @@ def score_caption(result: Splats, caption: str, views: EvalViews, background: tu
     with that mode as the caption. Single objects also get ``purity`` and ``saturation_excess`` (mean chroma
     minus the scored truth's: above 0 is over-saturated)."""
     modes = world.modes(caption)
-    cands = rivals(modes[0])
-    groups = [list(dict.fromkeys(c for m in modes for c in rivals(m)[k])) for k in (0, 1)] if cands else []
-    names = list(dict.fromkeys([*modes, *(c for group in groups for c in group)]))
+    names = list(dict.fromkeys([*modes, *(c for m in modes for group in rivals(m) or () for c in group)]))
     truths = {c: truth_images(c, views, background) for c in names}
     best = align(result, truths, views, background)
     mode = min(modes, key=lambda m: best[m][0])
     s = metrics(*best[mode], truths[mode]) | {"mode": mode}
+    cands = rivals(mode)
     if cands is None:
         return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None,
                 "purity": None, "saturation_excess": None}
     s |= {"purity": purity(best[mode][2]), "saturation_excess": chroma(best[mode][2]) - chroma(truths[mode])}
-    for kind, group in zip(("shape", "color"), rivals(mode)):
-        named = len(modes) == 1 or len({world.parse(m)[0][kind == "shape"] for m in modes}) == 1
+    for kind, part, group in (("shape", 1, cands[0]), ("color", 0, cands[1])):  # part: index in (colour, shape)
+        named = len({world.parse(m)[0][part] for m in modes}) == 1  # the caption fixes this attribute
         rank = 1 + sum(best[c][0] < best[mode][0] for c in group)
         s |= {f"{kind}_rank": rank if named else None, f"{kind}_r1": float(rank == 1) if named else None}
     return s
@@ -286,9 +285,8 @@ def run_eval(
     from lodsgs.generate import Interrupted, load_prior, resolve_device
 
     views = views or EvalViews()
-    known = world.captions() + world.underspecified_captions()
     captions = captions or world.captions()
-    unknown = [c for c in captions if c not in known]
+    unknown = [c for c in captions if c not in world.all_captions()]
     if unknown:
         raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
     result = EvalResult()

@@ -164,22 +164,27 @@ class Guidance(nn.Module):
             w = 1.0 - prior.alphas_cumprod[t]  # [B]
             loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
         gap = (eps_c.float() - eps_u.float()).pow(2).mean().sqrt()
-        sds, p_loss, t_mean, gap = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean(),
-                                                gap]).tolist()
+        extra = self._diagnostics()
+        values = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean(), gap,
+                              *extra.values()]).tolist()  # one device sync for every logged number
+        sds, p_loss, t_mean, gap = values[:4]
         logs = {"t": t_mean, "t_max": float(t_hi), "grad_norm": (2 * B * sds) ** 0.5, "sds": sds, "prior_loss": p_loss,
-                "eps_gap": gap, **self.diagnostics()}
+                "eps_gap": gap, **dict(zip(extra, values[4:]))}
         return GuidanceOutput(loss, prior_loss, logs)
 
-    @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
         """Where the learned branch is: α's relative distance from its start (the negative prompt) and its cosine
         to the caption's own embedding; LoRA's lora_B norm (zero at the start). Empty for SDS."""
+        return {k: v.item() for k, v in self._diagnostics().items()}
+
+    @torch.no_grad()
+    def _diagnostics(self) -> dict[str, Tensor]:
+        """diagnostics() as 0-d tensors on the prior's device (forward batches them into its one .tolist())."""
         if self.embedding is not None:
             a, a0, c = self.embedding.flatten(), self.negative.float().flatten(), self.caption_embedding.flatten()
-            return {"alpha_shift": ((a - a0).norm() / a0.norm()).item(),
-                    "alpha_cos": F.cosine_similarity(a, c, dim=0).item()}
+            return {"alpha_shift": (a - a0).norm() / a0.norm(), "alpha_cos": F.cosine_similarity(a, c, dim=0)}
         if self.lora:
-            return {"lora_b_norm": torch.stack([p.norm() for p in self.lora_b]).norm().item()}
+            return {"lora_b_norm": torch.stack([p.norm() for p in self.lora_b]).norm()}
         return {}
 
     def _noise_predictions(self, x_t: Tensor, t: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:

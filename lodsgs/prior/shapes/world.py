@@ -64,15 +64,20 @@ def underspecified_captions() -> list[str]:
     return [f"a {s}" for s in SHAPES] + [f"{article(c)} {c} shape" for c in COLORS]
 
 
+def all_captions() -> list[str]:
+    """What the shapes prior knows: the full captions, then the underspecified ones."""
+    return captions() + underspecified_captions()
+
+
 def modes(caption: str) -> list[str]:
     """The full captions a caption allows: its colour's shapes, its shape's colours, or the caption itself."""
-    words = caption.split()
-    if caption in underspecified_captions() and words[-1] == "shape":
-        return [f"{article(words[1])} {words[1]} {s}" for s in SHAPES]
-    if caption in underspecified_captions():
-        return [f"{article(c)} {c} {words[1]}" for c in COLORS]
-    parse(caption)  # a full caption, or ValueError
-    return [caption]
+    if caption not in underspecified_captions():
+        parse(caption)  # a full caption, or ValueError
+        return [caption]
+    open_word = caption.split()[1]  # "a cube" -> cube (colour open); "a red shape" -> red (shape open)
+    if open_word in COLORS:
+        return [f"{article(open_word)} {open_word} {s}" for s in SHAPES]
+    return [f"{article(c)} {c} {open_word}" for c in COLORS]
 
 
 def has_front(caption: str) -> bool:
