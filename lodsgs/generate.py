@@ -165,7 +165,8 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
-    return {"loss": float(g.loss.detach()), "prior_loss": float(g.prior_loss.detach()), **g.logs,
+    # the guidance already read its losses in the step's one device sync: no second .item() per loss here
+    return {"loss": g.logs["sds"], **g.logs,
             "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
 
 
