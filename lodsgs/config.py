@@ -71,6 +71,8 @@ class OptimConfig:
 
     means: float = 1.75e-4
     means_final: float = 8.75e-5  # log-linear decay of the means lr over the run
+    others_final: float = 1.0  # the other lrs end at this fraction of their start (log-linear; 1 = constant)
+    opaque: float = 0.0  # weight of the rendered alpha's binary entropy: crisp silhouettes (0 = off)
     scales: float = 0.005
     quats: float = 0.001
     opacities: float = 0.01
@@ -244,7 +246,9 @@ RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("render.random_background", 0, 1, False),
     ("init.num", 1, None, False), ("init.radius", 0, None, True), ("init.opacity", 0, 1, True),
     ("init.sh_degree", 0, 3, False),
-    *((f"optim.{k}", 0, None, False) for k in ("means", "means_final", "scales", "quats", "opacities", "sh0", "shN")),
+    *((f"optim.{k}", 0, None, False) for k in ("means", "means_final", "scales", "quats", "opacities", "sh0", "shN",
+                                                   "opaque")),
+    ("optim.others_final", 0, 1, True),
     ("densify.refine_every", 1, None, False), ("densify.refine_start", 0, None, False),
     ("densify.refine_stop", 0, None, False), ("densify.grow_grad2d", 0, None, False),
     ("densify.grow_quantile", 0, 1, False), ("densify.grow_scale3d", 0, None, False),

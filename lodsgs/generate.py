@@ -143,8 +143,17 @@ def lrs(cfg: Config, step: int) -> dict[str, float]:
     o = cfg.optim
     frac = min(step / max(cfg.run.steps, 1), 1.0)
     means = math.exp((1 - frac) * math.log(o.means) + frac * math.log(o.means_final))
-    return {"means": means, "scales": o.scales, "quats": o.quats, "opacities": o.opacities,
-            "sh0": o.sh0, "shN": o.shN}
+    f = o.others_final ** frac
+    return {"means": means, "scales": o.scales * f, "quats": o.quats * f, "opacities": o.opacities * f,
+            "sh0": o.sh0 * f, "shN": o.shN * f}
+
+
+def opaque_loss(alpha: torch.Tensor) -> torch.Tensor:
+    """Binary entropy of the rendered alpha, summed per image (like the guidance loss): pushes every pixel to
+    fully covered or empty, so silhouettes end crisp instead of a half-transparent halo (threestudio's
+    DreamFusion ``lambda_opaque``)."""
+    a = alpha.clamp(1e-4, 1 - 1e-4)
+    return -(a * a.log() + (1 - a) * (1 - a).log()).sum() / alpha.shape[0]
 
 
 def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
@@ -153,14 +162,18 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     if cfg.render.random_background > 0 and torch.rand(1, generator=s.camera_rng).item() < cfg.render.random_background:
         background = torch.rand(3, generator=s.camera_rng)
-    for group in s.optimizers["means"].param_groups:
-        group["lr"] = lrs(cfg, s.step)["means"]
+    for name, lr in lrs(cfg, s.step).items():
+        for group in s.optimizers[name].param_groups if name in s.optimizers else []:
+            group["lr"] = lr
     out = render(s.splats, cams, background=background.to(device))
     s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
     g = s.guidance(out.rgb, view_labels(cams, cfg.camera), s.step)
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
-    (g.loss + g.prior_loss).backward()
+    loss = g.loss + g.prior_loss
+    if cfg.optim.opaque > 0:
+        loss = loss + cfg.optim.opaque * opaque_loss(out.alpha)
+    loss.backward()
     for opt in _all_optimizers(s):
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)

@@ -169,3 +169,30 @@ def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_p
     resumed = generate("a cube", cfg, tmp_path, quiet=True, resume=True)
     a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_other_learning_rates_decay_to_their_final_fraction(cfg_for):
+    from lodsgs.generate import lrs
+
+    cfg = cfg_for("sds", "latent", "optim.others_final=0.1")
+    start, end = lrs(cfg, 0), lrs(cfg, cfg.run.steps)
+    for k in ("scales", "quats", "opacities", "sh0", "shN"):
+        assert start[k] == getattr(cfg.optim, k) and end[k] == pytest.approx(0.1 * start[k])
+    assert lrs(cfg_for("sds"), 6)["scales"] == cfg.optim.scales  # the default keeps them constant
+
+
+def test_opaque_loss_pushes_alpha_to_zero_or_one():
+    from lodsgs.generate import opaque_loss
+
+    alpha = torch.tensor([0.01, 0.3, 0.5, 0.7]).view(1, 2, 2, 1).requires_grad_()
+    opaque_loss(alpha).backward()
+    g = alpha.grad.flatten()
+    # gradient descent lowers alpha below 0.5 (a faint halo hardest), raises it above, and is undecided at 0.5
+    assert g[0] > g[1] > 0 and g[3] < 0 and abs(g[2]) < 1e-6
+
+
+def test_opaque_weight_changes_the_run(cfg_for, tmp_path):
+    plain = generate("a cube", cfg_for("sds", "pixel"), tmp_path / "a", quiet=True)
+    crisp = generate("a cube", cfg_for("sds", "pixel", "optim.opaque=1.0"), tmp_path / "b", quiet=True)
+    a, b = read_ply(plain / "splats.ply"), read_ply(crisp / "splats.ply")
+    assert not torch.allclose(a.opacities, b.opacities)
