@@ -171,8 +171,8 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
     loss = g.loss + g.prior_loss
-    if cfg.optim.opaque > 0:
-        loss = loss + cfg.optim.opaque * opaque_loss(out.alpha)
+    if cfg.optim.opaque > 0:  # ramped in from 0: the shape and its holes form before the edges are hardened
+        loss = loss + cfg.optim.opaque * (s.step / cfg.run.steps) * opaque_loss(out.alpha)
     loss.backward()
     for opt in _all_optimizers(s):
         opt.step()
