@@ -32,8 +32,7 @@ def run(quick: bool = False) -> list[str]:
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     start = time.perf_counter()
     while s.step < steps:
-        for group in s.optimizers["means"].param_groups:
-            group["lr"] = gen.lrs(cfg, s.step)["means"]
+        gen.set_lrs(cfg, s)
         t0 = time.perf_counter()
         cams = sample_cameras(cfg.camera, cfg.run.batch, s.camera_rng)
         t1 = time.perf_counter()
@@ -46,7 +45,7 @@ def run(quick: bool = False) -> list[str]:
             opt.zero_grad(set_to_none=True)
         g.prior_loss.backward()
         t4 = time.perf_counter()
-        g.loss.backward()
+        (g.loss + gen.opaque_term(cfg, s.step, out.alpha)).backward()
         t5 = time.perf_counter()
         for opt in gen._all_optimizers(s):
             opt.step()

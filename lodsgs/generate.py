@@ -156,24 +156,34 @@ def opaque_loss(alpha: torch.Tensor) -> torch.Tensor:
     return -(a * a.log() + (1 - a) * (1 - a).log()).sum() / alpha.shape[0]
 
 
+def set_lrs(cfg: Config, s: State) -> None:
+    """Put this step's scheduled learning rates into the splats' optimizers."""
+    for name, lr in lrs(cfg, s.step).items():
+        for group in s.optimizers[name].param_groups if name in s.optimizers else []:
+            group["lr"] = lr
+
+
+def opaque_term(cfg: Config, step: int, alpha: torch.Tensor) -> torch.Tensor | float:
+    """The opaque loss at this step's weight, ramped in from 0 so the shape and its holes form before the
+    edges are hardened (0.0 when off: nothing added to the graph)."""
+    if cfg.optim.opaque <= 0:
+        return 0.0
+    return cfg.optim.opaque * (step / cfg.run.steps) * opaque_loss(alpha)
+
+
 def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     """One joint step of splats and the prior's learnable parameters, then densify/prune."""
     cams = sample_cameras(cfg.camera, cfg.run.batch, s.camera_rng).to(device)
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     if cfg.render.random_background > 0 and torch.rand(1, generator=s.camera_rng).item() < cfg.render.random_background:
         background = torch.rand(3, generator=s.camera_rng)
-    for name, lr in lrs(cfg, s.step).items():
-        for group in s.optimizers[name].param_groups if name in s.optimizers else []:
-            group["lr"] = lr
+    set_lrs(cfg, s)
     out = render(s.splats, cams, background=background.to(device))
     s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
     g = s.guidance(out.rgb, view_labels(cams, cfg.camera), s.step)
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
-    loss = g.loss + g.prior_loss
-    if cfg.optim.opaque > 0:  # ramped in from 0: the shape and its holes form before the edges are hardened
-        loss = loss + cfg.optim.opaque * (s.step / cfg.run.steps) * opaque_loss(out.alpha)
-    loss.backward()
+    (g.loss + g.prior_loss + opaque_term(cfg, s.step, out.alpha)).backward()
     for opt in _all_optimizers(s):
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
