@@ -10,6 +10,7 @@ import io
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,13 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disa
          "--disable-quic"]
 # CI sets this so that a missing browser or npm cache fails the suite instead of skipping it
 REQUIRED = os.environ.get("LODSGS_REQUIRE_BROWSER") == "1"
+
+
+def free_port() -> int:
+    """A TCP port nothing on this machine listens on now (for a viewer under test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def need(condition: bool, why: str) -> None:

@@ -4,7 +4,6 @@ headless chromium, asserted on screenshot pixels against lodsgs's own render fro
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import browser
@@ -38,17 +37,12 @@ def assert_upright(name: str, img: np.ndarray) -> None:
         assert width[top + (bottom - top) // 5] < 0.5 * width[bottom - (bottom - top) // 5], "cone not upright"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("name", list(SCENES))
 def test_view_in_browser(name, tmp_path):
     browser.need_browser()
     splats = SCENES[name]()
-    viewer = Viewer("127.0.0.1", free_port(), CAMERA)
+    viewer = Viewer("127.0.0.1", browser.free_port(), CAMERA)
     try:
         viewer.show(splats)
         viewer.describe(name, {"Gaussians": splats.num})

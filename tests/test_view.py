@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import socket
 import struct
 
+import browser
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -97,11 +97,6 @@ def test_export_cli_converts_between_every_format(tmp_path):
     assert result.exit_code == 2 and "already a .spz file" in result.output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def tiny_cfg(tiny_prior_dirs):
@@ -111,7 +106,7 @@ def tiny_cfg(tiny_prior_dirs):
 
 
 def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
-    viewer = Viewer("127.0.0.1", free_port(), tiny_cfg.camera)
+    viewer = Viewer("127.0.0.1", browser.free_port(), tiny_cfg.camera)
     try:
         run = generate("a corgi", tiny_cfg, tmp_path, quiet=True, view=LiveView(viewer, tiny_cfg.run.view_every))
         assert viewer.pushes == 6 // 2 + 1  # steps 2, 4, 6, and the final splats
@@ -125,7 +120,7 @@ def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
 def test_batch_live_view_shows_each_prompt(tiny_cfg, tmp_path):
     from lodsgs.batch import run_batch
 
-    viewer = Viewer("127.0.0.1", free_port(), tiny_cfg.camera)
+    viewer = Viewer("127.0.0.1", browser.free_port(), tiny_cfg.camera)
     try:
         result = run_batch(["a corgi", "a cat"], tiny_cfg, tmp_path, view=LiveView(viewer, tiny_cfg.run.view_every))
         assert result.done == 2 and viewer.pushes == 2 * (6 // 2 + 1)
@@ -141,7 +136,7 @@ def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
     assert t.camera.eval_radius == tiny_cfg.camera.eval_radius and t.background == tuple(tiny_cfg.render.background)
     for name in ("splats.ply", "splats.splat", "splats.spz"):
         assert load_target(run / name).splats.num == t.splats.num
-    viewer = Viewer("127.0.0.1", free_port(), t.camera)
+    viewer = Viewer("127.0.0.1", browser.free_port(), t.camera)
     try:
         slider = viewer.add_checkpoints(t.checkpoints, t.splats)
         slider.value = 0  # as when the user drags it: the step-2 splats are pushed
