@@ -45,7 +45,7 @@ def run(quick: bool = False) -> list[str]:
             opt.zero_grad(set_to_none=True)
         g.prior_loss.backward()
         t4 = time.perf_counter()
-        (g.loss + gen.opaque_term(cfg, s.step, out.alpha)).backward()
+        (g.loss + gen.opaque_term(cfg, out.alpha)).backward()
         t5 = time.perf_counter()
         for opt in gen._all_optimizers(s):
             opt.step()

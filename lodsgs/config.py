@@ -72,7 +72,7 @@ class OptimConfig:
     means: float = 1.75e-4
     means_final: float = 8.75e-5  # log-linear decay of the means lr over the run
     others_final: float = 1.0  # the other lrs end at this fraction of their start (log-linear; 1 = constant)
-    opaque: float = 0.0  # final weight of the rendered alpha's binary entropy, ramped in from 0: crisp silhouettes
+    opaque: float = 0.0  # weight of the rendered alpha's binary entropy: crisp silhouettes (0 = off)
     scales: float = 0.005
     quats: float = 0.001
     opacities: float = 0.01

@@ -163,12 +163,9 @@ def set_lrs(cfg: Config, s: State) -> None:
             group["lr"] = lr
 
 
-def opaque_term(cfg: Config, step: int, alpha: torch.Tensor) -> torch.Tensor | float:
-    """The opaque loss at this step's weight, ramped in from 0 so the shape and its holes form before the
-    edges are hardened (0.0 when off: nothing added to the graph)."""
-    if cfg.optim.opaque <= 0:
-        return 0.0
-    return cfg.optim.opaque * (step / cfg.run.steps) * opaque_loss(alpha)
+def opaque_term(cfg: Config, alpha: torch.Tensor) -> torch.Tensor | float:
+    """The weighted opaque loss (0.0 when off: nothing added to the graph)."""
+    return cfg.optim.opaque * opaque_loss(alpha) if cfg.optim.opaque > 0 else 0.0
 
 
 def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
@@ -183,7 +180,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     g = s.guidance(out.rgb, view_labels(cams, cfg.camera), s.step)
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
-    (g.loss + g.prior_loss + opaque_term(cfg, s.step, out.alpha)).backward()
+    (g.loss + g.prior_loss + opaque_term(cfg, out.alpha)).backward()
     for opt in _all_optimizers(s):
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
