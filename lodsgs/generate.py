@@ -158,9 +158,10 @@ def opaque_loss(alpha: torch.Tensor) -> torch.Tensor:
 
 def set_lrs(cfg: Config, s: State) -> None:
     """Put this step's scheduled learning rates into the splats' optimizers."""
-    for name, lr in lrs(cfg, s.step).items():
-        for group in s.optimizers[name].param_groups if name in s.optimizers else []:
-            group["lr"] = lr
+    scheduled = lrs(cfg, s.step)
+    for name, opt in s.optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = scheduled[name]
 
 
 def opaque_term(cfg: Config, alpha: torch.Tensor) -> torch.Tensor | float:
