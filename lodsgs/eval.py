@@ -30,6 +30,7 @@ DEFAULT_VARIANTS = {  # "init" scores the unoptimized starting splats (same seed
     "init": [],
     "sds-cfg100": ["guidance.method=sds", "guidance.guidance_scale=100"],
     "sds-cfg7.5": ["guidance.method=sds", "guidance.guidance_scale=7.5"],
+    "sds": ["guidance.method=sds"],  # SDS at the prior's own ω: the same settings as the next row
     "lods-embedding": ["guidance.method=lods-embedding"],  # the default method with the prior's own ω
     "lods-embedding-w1000": ["guidance.method=lods-embedding", "guidance.guidance_scale=1000"],  # the paper's ω
     "lods-lora": ["guidance.method=lods-lora"],

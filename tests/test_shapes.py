@@ -136,14 +136,14 @@ def test_short_generation_matches_the_caption(tmp_path):
     assert frames.shape == (2, 32, 64, 3) and frames[:, :, 32:].min() < 100  # the truth is drawn on the right
 
 
-# The random-ball start already overlaps a cone's silhouette (IoU 0.49, 13.6 dB on the eval views). With
-# the shapes profile (means' lr 2e-3) the default method reaches IoU 0.96 / 29.2 dB on this caption (seed 0) and
-# 0.83-0.96 / 20.3-29.2 dB over all six cone colours in the README's eval (the means' lr 1e-3 profile: 0.97-0.98 /
-# 30.9-31.1 dB over seeds 0-2); 0.92 / 26 dB asks for a clean cone (the second-stage prior's profile reached
-# 0.91-0.93 / 24.5-26.0 here), with a margin of 0.04 IoU and 3 dB for seeds and the 4 views used here, that a
-# blob of the right colour would not reach.
+# The random-ball start already overlaps a cone's silhouette (IoU 0.48 on these views). With the shapes profile
+# (ω 3) the default method reaches, on the 4 views used here, IoU 0.971 / 30.3 dB at seed 0 and 0.945 / 25.8 dB
+# at seed 1 (the README's 16-view eval over seeds 0-2: 0.945-0.971 / 25.8-30.2 dB; all six cone colours at
+# seed 0: 0.89-0.97 / 24.1-30.2 dB). 0.92 / 25 dB sits under every seed measured, so it holds beyond this
+# seed and build's numerics, and asks for a clean cone: a blob of the right colour would not reach it
+# (SDS at CFG 100 fattens this cone to 21.9 dB / 0.90).
 IOU_THRESHOLD = 0.92
-PSNR_THRESHOLD = 26.0
+PSNR_THRESHOLD = 25.0
 
 
 @pytest.mark.slow
