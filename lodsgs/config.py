@@ -54,15 +54,19 @@ class PriorConfig:
 
 @dataclass
 class InitConfig:
-    """How the splats start: random ball / sphere shell, or any .ply (splats or a point cloud)."""
+    """How the splats start: random ball / sphere shell, any .ply (splats or a point cloud); from the prior's own
+    DDIM sample of the prompt (front view, seeded by run.seed): ``sample`` lifts it into a volume, ``layout``
+    splits the ball into one ball per separate object in it, where the sample puts them."""
 
-    kind: Literal["ball", "shell", "ply"] = "ball"
+    kind: Literal["ball", "shell", "ply", "sample", "layout"] = "ball"
     num: int = 4096
     radius: float = 0.5
     path: str = ""
     opacity: float = 0.1
     sh_degree: int = 0
     color: tuple[float, float, float] | None = None  # one start colour for every Gaussian (None: random)
+    sample_scale: float = 3.0  # CFG scale of the ``sample`` / ``layout`` starts' DDIM samples (50 steps)
+    samples: int = 4  # the ``layout`` start keeps the first of this many samples that shows the most objects apart
 
 
 @dataclass
@@ -245,7 +249,8 @@ RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("camera.eval_fovy", 0, 180, True), ("camera.jitter", 0, None, False),
     ("render.random_background", 0, 1, False),
     ("init.num", 1, None, False), ("init.radius", 0, None, True), ("init.opacity", 0, 1, True),
-    ("init.sh_degree", 0, 3, False),
+    ("init.sh_degree", 0, 3, False), ("init.sample_scale", 0, None, False),
+    ("init.samples", 1, None, False),
     *((f"optim.{k}", 0, None, False) for k in ("means", "means_final", "scales", "quats", "opacities", "sh0", "shN")),
     ("optim.others_final", 0, 1, True), ("optim.opaque", 0, None, False),
     ("densify.refine_every", 1, None, False), ("densify.refine_start", 0, None, False),

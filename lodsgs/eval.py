@@ -257,7 +257,7 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, l
     from lodsgs.splats.io import read_ply
 
     if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
-        return init_splats(cfg), 0.0, 0
+        return init_splats(cfg, caption, prior(cfg)), 0.0, 0
     folder = out / variant
     run_dir = folder / run_name(caption, cfg.run.seed)
     if not finished(run_dir, cfg):

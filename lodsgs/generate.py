@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lodsgs.cameras import sample_cameras, view_labels
+from lodsgs.cameras import eval_cameras, sample_cameras, view_labels
 from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.files import atomic_path, write_text
+from lodsgs.lift import foreground, layout, lift
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
 from lodsgs.runlog import RunLog, make_record
@@ -99,18 +100,70 @@ def finished(run_dir: Path, cfg: Config) -> bool:
     return metrics.get("config_hash") == config_hash(cfg) and (run_dir / "splats.ply").is_file()
 
 
-def init_splats(cfg: Config) -> Splats:
+def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = None) -> Splats:
+    """The starting splats; the ``sample`` and ``layout`` starts need the prompt and the prior."""
     c = cfg.init
     if c.kind == "ply":
         if not c.path:
             raise LodsgsError("init.kind is 'ply' but no path was given; use --init path.ply")
         splats = read_ply(Path(c.path))
         return splats
-    make = Splats.random_ball if c.kind == "ball" else Splats.sphere_shell
+    if c.kind == "sample":
+        image = front_samples(cfg, prompt, prior, 1)[0]
+        points, rgb = refuse_blank(cfg, prompt, lambda: lift(image, eval_cameras(cfg.camera, 1), c.num,
+                                                              cfg.render.background, cfg.run.seed))
+        return Splats.from_points(points, rgb, sh_degree=c.sh_degree, opacity=c.opacity)
+    make = Splats.random_ball if c.kind in ("ball", "layout") else Splats.sphere_shell
     splats = make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
     if c.color is not None:  # a flat start: what no view supervises keeps a neutral colour, not random specks
         splats.params["sh0"].data[:] = rgb_to_sh0(torch.tensor(c.color))
+    if c.kind == "layout":
+        splats = split_ball(splats, *refuse_blank(cfg, prompt, lambda: most_objects(cfg, prompt, prior)))
     return splats
+
+
+def front_samples(cfg: Config, prompt: str, prior: DiffusionPrior, n: int) -> torch.Tensor:
+    """``n`` of the prior's DDIM samples [n,H,W,3] of the prompt's front view, seeded by run.seed."""
+    text = prior.view_prompts(prompt, ["front"])[0] if cfg.guidance.view_dependent else prompt
+    return prior.sample(text, n=n, guidance_scale=cfg.init.sample_scale, seed=cfg.run.seed,
+                        negative_prompt=cfg.guidance.negative_prompt).float().cpu()
+
+
+def most_objects(cfg: Config, prompt: str, prior: DiffusionPrior) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layout of the first of ``init.samples`` samples that shows the most separate objects: a sample
+    whose objects overlap or touch carries no layout, one that shows them apart does."""
+    camera, best = eval_cameras(cfg.camera, 1), None
+    for image in front_samples(cfg, prompt, prior, cfg.init.samples):
+        if not foreground(image, cfg.render.background).any():
+            continue
+        found = layout(image, camera, cfg.render.background)
+        if best is None or len(found[0]) > len(best[0]):
+            best = found
+    if best is None:
+        raise ValueError("no sample has a foreground: every pixel is the background colour")
+    return best
+
+
+def refuse_blank(cfg: Config, prompt: str, fn: Callable):
+    """``fn()``, its ValueError (a sample with no foreground) turned into one line naming the fix."""
+    try:
+        return fn()
+    except ValueError as e:
+        raise LodsgsError(f"init.kind {cfg.init.kind!r}: {e} for {prompt!r}; try another --seed or "
+                          "init.kind=ball") from None
+
+
+def split_ball(ball: Splats, centres: torch.Tensor, shares: torch.Tensor) -> Splats:
+    """The ball's Gaussians dealt out to one smaller ball per centre, each as wide as its region's share of the
+    sample's foreground area (radius and scales × √share); one centre at the origin leaves the ball as it was."""
+    params = ball.detached()
+    ends = (shares.cumsum(0) * ball.num).round().long().tolist()
+    start = 0
+    for centre, share, end in zip(centres, shares, ends, strict=True):
+        params["means"][start:end] = params["means"][start:end] * share.sqrt() + centre
+        params["scales"][start:end] += 0.5 * share.log()
+        start = end
+    return Splats(params, sh_degree=ball.sh_degree)
 
 
 @dataclass
@@ -129,7 +182,7 @@ class State:
 
 def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device) -> State:
     torch.manual_seed(cfg.run.seed)
-    splats = init_splats(cfg).to(device)
+    splats = init_splats(cfg, prompt, prior).to(device)
     optimizers = make_optimizers(splats, lrs(cfg, 0))
     densifier = Densifier(cfg.densify)
     guidance = Guidance(prior, cfg.guidance, prompt, seed=cfg.run.seed)

@@ -143,6 +143,24 @@ def test_flat_start_colour(cfg_for):
     assert init_splats(cfg_for("sds")).rgb.std(0).min() > 0.1  # the default start stays random
 
 
+def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
+    """init.kind=sample on a VAE prior: DDIM in latent space, decoded, lifted; seeded by run.seed."""
+    from lodsgs.generate import init_splats, load_prior
+
+    cfg = cfg_for("lods-embedding", "latent", "init.kind=sample")
+    prior = load_prior(cfg, "cpu")
+    images = prior.sample("a corgi", n=2, steps=3, seed=0)
+    assert images.shape == (2, prior.image_size, prior.image_size, 3) and 0 <= images.min() <= images.max() <= 1
+    assert torch.equal(images, prior.sample("a corgi", n=2, steps=3, seed=0))
+    assert not torch.equal(images, prior.sample("a corgi", n=2, steps=3, seed=1))
+    start = init_splats(cfg, "a corgi", prior)
+    assert start.num == cfg.init.num and torch.equal(start.means, init_splats(cfg, "a corgi", prior).means)
+    run = generate("a corgi", cfg, tmp_path, quiet=True, prior=prior)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == cfg.run.steps
+    cfg.init.kind = "layout"  # four samples in one batch, each laid out
+    assert init_splats(cfg, "a corgi", prior).num == cfg.init.num
+
+
 def test_set_value_that_is_not_yaml_is_one_line(tiny_prior_dirs, tmp_path):
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), *tiny_args(tiny_prior_dirs["latent"]),
                                  "--set", "camera.width=[64"])

@@ -92,9 +92,9 @@ def test_shipped_prior_loads_offline_and_denoises(monkeypatch):
 
 @pytest.mark.slow
 def test_shipped_prior_samples_the_caption_colour():
-    from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name, sample
+    from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name
     prior = DiffusionPrior.from_pretrained(str(SHAPES_DIR))
-    images = sample(prior, "a red cylinder", n=4, steps=30)
+    images = prior.sample("a red cylinder", n=4, steps=30)
     names = [nearest_color_name(c) for c in dominant_color(images)]
     assert names.count("red") >= 3, names
 
@@ -113,17 +113,18 @@ def test_short_generation_matches_the_caption(tmp_path):
     """The default method (LODS-embedding) with the shapes prior's own budget: green, and cone-shaped."""
     from lodsgs.config import load_config
     from lodsgs.eval import EvalViews, score, view_cameras
-    from lodsgs.generate import generate, init_splats
+    from lodsgs.generate import generate, init_splats, load_prior
     from lodsgs.prior.shapes.compare import side_by_side
     from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name
     from lodsgs.splats.io import read_ply
     from lodsgs.splats.render import render
 
     cfg = load_config(None, ["prior.model=shapes", "run.turntable_frames=4"])
-    run = generate("a green cone", cfg, tmp_path, quiet=True)
+    prior = load_prior(cfg, "cpu")
+    run = generate("a green cone", cfg, tmp_path, quiet=True, prior=prior)
     splats, truth, views = read_ply(run / "splats.ply"), world.build_object("a green cone"), EvalViews(n=4)
     s = score(splats, truth, views, world.BACKGROUND)
-    start = score(init_splats(cfg), truth, views, world.BACKGROUND)
+    start = score(init_splats(cfg, "a green cone", prior), truth, views, world.BACKGROUND)
     with torch.no_grad():
         images = render(splats, view_cameras(views), background=world.BACKGROUND).rgb
     assert nearest_color_name(dominant_color(images).mean(0)) == "green"

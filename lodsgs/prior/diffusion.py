@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
 
@@ -199,3 +199,23 @@ class DiffusionPrior(nn.Module):
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
                         cross_attention_kwargs=kwargs).sample
         return out.float()
+
+    @torch.no_grad()
+    def sample(self, prompt: str, n: int = 1, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+               negative_prompt: str = "") -> Tensor:
+        """n images [n,H,W,3] in [0,1] of ``prompt``: DDIM with classifier-free guidance, VAE-decoded for
+        latent models. The prior's own picture of a prompt (sanity checks, the ``sample`` start)."""
+        sched = DDIMScheduler.from_config(self.scheduler.config)
+        sched.set_timesteps(steps)
+        g = torch.Generator().manual_seed(seed)
+        size = self.unet.config.sample_size
+        x = torch.randn(n, self.unet.config.in_channels, size, size, generator=g).to(self.device)
+        cond = self.encode_text(prompt).expand(n, -1, -1)
+        uncond = self.encode_text(negative_prompt).expand(n, -1, -1)
+        for t in sched.timesteps:
+            tt = torch.full((n,), int(t), device=self.device)
+            e_c, e_u = self.predict_noise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, uncond])).chunk(2)
+            x = sched.step(e_u + guidance_scale * (e_c - e_u), t, x).prev_sample
+        if self.vae is not None:
+            x = self.vae.decode((x / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
+        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)

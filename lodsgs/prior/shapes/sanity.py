@@ -5,30 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from diffusers import DDIMScheduler
 
 from lodsgs.cameras import sample_cameras
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.shapes import world
 from lodsgs.splats.render import render
-
-
-@torch.no_grad()
-def sample(prior: DiffusionPrior, caption: str, n: int = 4, steps: int = 50, cfg: float = 3.0,
-           seed: int = 0) -> torch.Tensor:
-    """n images [n,H,W,3] in [0,1] for a caption, by DDIM with classifier-free guidance."""
-    sched = DDIMScheduler.from_config(prior.scheduler.config)
-    sched.set_timesteps(steps)
-    g = torch.Generator().manual_seed(seed)
-    size = prior.unet.config.sample_size
-    x = torch.randn(n, prior.unet.config.in_channels, size, size, generator=g)
-    cond = prior.encode_text(caption).expand(n, -1, -1)
-    uncond = prior.encode_text("").expand(n, -1, -1)
-    for t in sched.timesteps:
-        tt = torch.full((n,), int(t))
-        e_c, e_u = prior.predict_noise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, uncond])).chunk(2)
-        x = sched.step(e_u + cfg * (e_c - e_u), t, x).prev_sample
-    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
 def border_color(images: torch.Tensor) -> torch.Tensor:
@@ -70,7 +51,7 @@ def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: i
     g = torch.Generator().manual_seed(seed)
     cam_cfg = world.SHAPES_CAMERAS
     for caption in captions or world.captions():
-        samples = sample(prior, caption, n=n, seed=seed, cfg=cfg)
+        samples = prior.sample(caption, n=n, guidance_scale=cfg, seed=seed)
         cams = sample_cameras(cam_cfg, gt_views, g)
         modes = world.modes(caption)
         per_mode = []
