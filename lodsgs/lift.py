@@ -1,10 +1,11 @@
-"""Start from the prior's own picture: one DDIM sample of the prompt, lifted into a volume of Gaussians.
+"""Start from the prior's own picture: a DDIM sample of the prompt, lifted into the scene.
 
 A ball start is symmetric, so a caption with two objects side by side has to break that symmetry while it
 is optimised, and views that pull towards different layouts leave one merged blob. A sample has already
-chosen a layout. Each foreground region of the sample is inflated by its distance to the silhouette's edge
-(a disc becomes a sphere, as in sketch-based modelling: Igarashi et al., "Teddy", SIGGRAPH 1999) and filled
-with points coloured by the sample.
+chosen a layout. ``layout`` finds where the sample's separate objects are (one centre per region);
+``lift`` fills the whole sample: each foreground region inflated by its distance to the silhouette's edge
+(a disc becomes a sphere, as in sketch-based modelling: Igarashi et al., "Teddy", SIGGRAPH 1999) and
+coloured by the sample.
 """
 
 from __future__ import annotations
