@@ -21,7 +21,7 @@ from lodsgs.cameras import eval_cameras, sample_cameras, view_labels
 from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.files import atomic_path, write_text
-from lodsgs.lift import foreground, layout, lift
+from lodsgs.lift import layout, lift
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
 from lodsgs.runlog import RunLog, make_record
@@ -108,18 +108,33 @@ def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = No
             raise LodsgsError("init.kind is 'ply' but no path was given; use --init path.ply")
         splats = read_ply(Path(c.path))
         return splats
-    if c.kind == "sample":
-        image = front_samples(cfg, prompt, prior, 1)[0]
-        points, rgb = refuse_blank(cfg, prompt, lambda: lift(image, eval_cameras(cfg.camera, 1), c.num,
-                                                              cfg.render.background, cfg.run.seed))
-        return Splats.from_points(points, rgb, sh_degree=c.sh_degree, opacity=c.opacity)
-    make = Splats.random_ball if c.kind in ("ball", "layout") else Splats.sphere_shell
+    if c.kind in ("sample", "layout"):
+        return prior_start(cfg, prompt, prior)
+    return ball_start(cfg)
+
+
+def ball_start(cfg: Config) -> Splats:
+    c = cfg.init
+    make = Splats.sphere_shell if c.kind == "shell" else Splats.random_ball
     splats = make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
     if c.color is not None:  # a flat start: what no view supervises keeps a neutral colour, not random specks
         splats.params["sh0"].data[:] = rgb_to_sh0(torch.tensor(c.color))
-    if c.kind == "layout":
-        splats = split_ball(splats, *refuse_blank(cfg, prompt, lambda: most_objects(cfg, prompt, prior)))
     return splats
+
+
+def prior_start(cfg: Config, prompt: str, prior: DiffusionPrior) -> Splats:
+    """The ``sample`` start (one sample lifted whole) or the ``layout`` start (the ball split where the sample
+    puts its objects); a sample with no foreground is one line naming the fix."""
+    try:
+        if cfg.init.kind == "sample":
+            image = front_samples(cfg, prompt, prior, 1)[0]
+            points, rgb = lift(image, eval_cameras(cfg.camera, 1), cfg.init.num, cfg.render.background, cfg.run.seed)
+            return Splats.from_points(points, rgb, sh_degree=cfg.init.sh_degree, opacity=cfg.init.opacity)
+        centres, shares = most_objects(cfg, prompt, prior)
+    except ValueError as e:
+        raise LodsgsError(f"init.kind {cfg.init.kind!r}: {e} for {prompt!r}; try another --seed or "
+                          "init.kind=ball") from None
+    return split_ball(ball_start(cfg), centres, shares)
 
 
 def front_samples(cfg: Config, prompt: str, prior: DiffusionPrior, n: int) -> torch.Tensor:
@@ -132,25 +147,15 @@ def front_samples(cfg: Config, prompt: str, prior: DiffusionPrior, n: int) -> to
 def most_objects(cfg: Config, prompt: str, prior: DiffusionPrior) -> tuple[torch.Tensor, torch.Tensor]:
     """The layout of the first of ``init.samples`` samples that shows the most separate objects: a sample
     whose objects overlap or touch carries no layout, one that shows them apart does."""
-    camera, best = eval_cameras(cfg.camera, 1), None
+    camera, found = eval_cameras(cfg.camera, 1), []
     for image in front_samples(cfg, prompt, prior, cfg.init.samples):
-        if not foreground(image, cfg.render.background).any():
+        try:
+            found.append(layout(image, camera, cfg.render.background))
+        except ValueError:  # a blank sample: the others may still show something
             continue
-        found = layout(image, camera, cfg.render.background)
-        if best is None or len(found[0]) > len(best[0]):
-            best = found
-    if best is None:
+    if not found:
         raise ValueError("no sample has a foreground: every pixel is the background colour")
-    return best
-
-
-def refuse_blank(cfg: Config, prompt: str, fn: Callable):
-    """``fn()``, its ValueError (a sample with no foreground) turned into one line naming the fix."""
-    try:
-        return fn()
-    except ValueError as e:
-        raise LodsgsError(f"init.kind {cfg.init.kind!r}: {e} for {prompt!r}; try another --seed or "
-                          "init.kind=ball") from None
+    return max(found, key=lambda centres_shares: len(centres_shares[0]))  # the first of the most
 
 
 def split_ball(ball: Splats, centres: torch.Tensor, shares: torch.Tensor) -> Splats:
@@ -180,9 +185,12 @@ class State:
     seconds: float = 0.0
 
 
-def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device) -> State:
+def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,
+                start: Splats | None = None) -> State:
+    """A fresh run's state; ``start`` replaces init_splats (a resume passes its checkpoint's splats, so a
+    start drawn from the prior's samples is not drawn again)."""
     torch.manual_seed(cfg.run.seed)
-    splats = init_splats(cfg, prompt, prior).to(device)
+    splats = (start if start is not None else init_splats(cfg, prompt, prior)).to(device)
     optimizers = make_optimizers(splats, lrs(cfg, 0))
     densifier = Densifier(cfg.densify)
     guidance = Guidance(prior, cfg.guidance, prompt, seed=cfg.run.seed)
@@ -358,7 +366,8 @@ def generate(
     saved = read_checkpoint(ckpt, cfg) if resume else None
     # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
     prior = prior or load_prior(cfg, device)
-    s = build_state(cfg, prompt, prior, device)
+    start = Splats(saved["splats"], sh_degree=saved["sh_degree"]) if saved is not None else None
+    s = build_state(cfg, prompt, prior, device, start)
     if saved is not None:
         load_checkpoint(s, saved, cfg, device)
     try:
