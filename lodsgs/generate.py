@@ -114,6 +114,7 @@ def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = No
 
 
 def ball_start(cfg: Config) -> Splats:
+    """A random ball (the ``layout`` start's too) or sphere shell, in one colour when init.color is set."""
     c = cfg.init
     make = Splats.sphere_shell if c.kind == "shell" else Splats.random_ball
     splats = make(c.num, radius=c.radius, seed=cfg.run.seed, sh_degree=c.sh_degree, opacity=c.opacity)
