@@ -339,17 +339,17 @@ def prior_list() -> None:
     from lodsgs.prior.diffusion import resolve_model
     from lodsgs.prior.hub import cache_dir, cached_priors, folder_size, human_size
     try:
-        typer.echo(f"{'shapes':40s} shipped: {resolve_model('shapes')}")
+        typer.echo(f"{'shapes':52s} shipped: {resolve_model('shapes')}")
     except LodsgsError as e:
-        typer.echo(f"{'shapes':40s} unavailable: {e}")
+        typer.echo(f"{'shapes':52s} unavailable: {e}")
     for name, repo, folder in cached_priors():
         label = f"{name} ({repo})" if name != repo else f"{repo} (legacy id)"
         if folder:
-            typer.echo(f"{label:40s} cached, {human_size(folder_size(folder))}: {folder}")
+            typer.echo(f"{label:52s} cached, {human_size(folder_size(folder))}: {folder}")
         elif name == repo:
-            typer.echo(f"{label:40s} not cached (its mirror is used)")
+            typer.echo(f"{label:52s} not cached (its mirror is used)")
         else:
-            typer.echo(f"{label:40s} not cached: `lodsgs prior download {name}`")
+            typer.echo(f"{label:52s} not cached: `lodsgs prior download {name}`")
     typer.echo(f"Hugging Face cache: {cache_dir()}")
 
 
