@@ -1,11 +1,41 @@
 PY ?= python3
 
-.PHONY: install browser-deps web test test-fast lint bench bench-sd gpu-check
+.PHONY: install venv constraints versions browser-deps web test test-fast lint bench bench-sd gpu-check
 
 EXTRAS ?= dev
+TORCH ?= torch==2.13.0
+# empty: pip's configured index. On Linux, PyPI's torch wheel is the CUDA build (GBs of CUDA libraries); for the
+# CPU build: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+# pip constraints, e.g. CONSTRAINTS=constraints.txt: the versions CI last ran (.ci/run uses it)
+CONSTRAINTS ?=
 install:
-	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e .[$(EXTRAS)]
+	@echo "make install: $(TORCH) from $(if $(TORCH_INDEX),$(TORCH_INDEX),pip's configured index (on Linux PyPI gives \
+	the CUDA build; for the CPU build: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu))"
+	$(PY) -m pip install $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	@$(PY) -c "import torch; c = torch.version.cuda; \
+	print('make install: got torch', torch.__version__, f'(CUDA {c} build)' if c else '(CPU build)')"
+	$(PY) -m pip install -e .[$(EXTRAS)] $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+
+# Debian/Ubuntu's Python refuses `pip install` outside a virtual environment (PEP 668): make one, activate it,
+# then `make install` uses its python3.
+VENV ?= .venv
+venv:
+	python3 -m venv $(VENV)
+	@echo "now: . $(VENV)/bin/activate && make install"
+
+# The versions of the packages lodsgs depends on, as pip constraints (torch without its +cpu / +cuXXX tag, so
+# a GPU machine keeps its CUDA build): run after a green CI, commit constraints.txt.
+PINNED = torch diffusers transformers huggingface[-_]hub peft tokenizers safetensors accelerate gsplat plyfile numpy \
+	typer rich pyyaml pillow imageio viser ray matplotlib pytest pytest[-_]timeout ruff build wheel
+constraints:
+	$(PY) -m pip freeze --all --exclude-editable | grep -iE '^($(shell echo $(PINNED) | tr ' ' '|'))==' \
+	  | sed 's/+.*//' > constraints.txt
+	@cat constraints.txt
+
+versions:
+	@$(PY) -c "import platform, importlib.metadata as m; print('python', platform.python_version()); \
+	[print(p, m.version(p)) for p in 'torch diffusers transformers huggingface_hub peft gsplat'.split()]"
 
 # What the browser tests need: Debian's chromium, Playwright for Python (it drives that chromium; no browser
 # download), and the web viewers of web/package.json in a cache folder.

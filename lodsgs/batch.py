@@ -94,7 +94,9 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
     digest = config_hash(cfg)
     records = read_manifest(manifest)
     result = BatchResult()
-    prior = None
+    todo = [p for p in prompts if not already_done(records.get(p, {}), digest)]
+    # once, up front: a prior that cannot load fails the batch in one line, not once per prompt
+    prior = load_prior(cfg, resolve_device(cfg.run.device)) if todo else None
     for k, prompt in enumerate(prompts, 1):
         old = records.get(prompt, {})
         if already_done(old, digest):
@@ -106,8 +108,6 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         start = time.perf_counter()
         record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
         try:
-            if prior is None:
-                prior = load_prior(cfg, resolve_device(cfg.run.device))
             resume = resumable(out / run_name(prompt, cfg.run.seed), cfg)  # an interrupted run of these settings
             run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
                                view=view)

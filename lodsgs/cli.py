@@ -20,7 +20,8 @@ app.add_typer(prior_app, name="prior")
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Preset name or YAML file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
-PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior: 'shapes' (offline), a hub id or a folder.")]
+PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior: sd21 (the default), sd15, shapes (offline), "
+                                                               "a hub id or a folder.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Parent folder for run folders.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (run.seed).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimization steps (run.steps).")]
@@ -140,6 +141,7 @@ def batch(
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     device: DeviceOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     view: ViewOpt = False,
     port: PortOpt = 8080,
     host: HostOpt = "127.0.0.1",
@@ -163,13 +165,14 @@ def batch(
             raise LodsgsError("--view shows one process's run; it does not combine with --ray")
         if cpus_per_run < 0 or (gpus_per_run or 0) < 0 or max_retries < 0:
             raise LodsgsError("--cpus-per-run, --gpus-per-run and --max-retries must be >= 0")
-        result = run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=typer.echo)
+        result = run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=typer.echo,
+                               progress=not quiet)
         typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
                    f"(manifest: {out / 'manifest.jsonl'})")
         raise typer.Exit(1 if result.failed else 0)
     live = _live_view(cfg, host, port) if view else None
     try:
-        result = b.run_batch(todo, cfg, out, log=typer.echo, view=live)
+        result = b.run_batch(todo, cfg, out, quiet=quiet, log=typer.echo, view=live)
     finally:
         if live:
             live.viewer.close()
@@ -332,14 +335,54 @@ def _load_run(path: Path):
 @prior_app.command("list")
 @friendly
 def prior_list() -> None:
-    """Named priors and where their weights come from."""
+    """Named priors and whether their weights are here: shipped, in the Hugging Face cache, or to download."""
     from lodsgs.prior.diffusion import resolve_model
-    for name in ("shapes", "sd21"):
-        try:
-            where = resolve_model(name)
-        except LodsgsError as e:
-            where = f"unavailable: {e}"
-        typer.echo(f"{name:8s} {where}")
+    from lodsgs.prior.hub import cache_dir, cached_priors, folder_size, human_size
+    try:
+        typer.echo(f"{'shapes':52s} shipped: {resolve_model('shapes')}")
+    except LodsgsError as e:
+        typer.echo(f"{'shapes':52s} unavailable: {e}")
+    for name, repo, folder in cached_priors():
+        label = f"{name} ({repo})" if name != repo else f"{repo} (legacy id)"
+        if folder:
+            typer.echo(f"{label:52s} cached, {human_size(folder_size(folder))}: {folder}")
+        elif name == repo:
+            typer.echo(f"{label:52s} not cached (its mirror is used)")
+        else:
+            typer.echo(f"{label:52s} not cached: `lodsgs prior download {name}`")
+    typer.echo(f"Hugging Face cache: {cache_dir()}")
+
+
+@prior_app.command("download", epilog="""**Examples**
+
+    lodsgs prior download sd21                         # into the Hugging Face cache
+
+    lodsgs prior download sd15 --to /shared/priors/sd15 # a folder a cluster shares; then --prior /shared/priors/sd15
+""")
+@friendly
+def prior_download(
+    name: Annotated[str, typer.Argument(help="sd21, sd15 or a hub id.")],
+    to: Annotated[Path | None, typer.Option("--to", help="Download into this folder instead of the cache.")] = None,
+    revision: Annotated[str, typer.Option("--revision", help="A commit to pin (prior.revision).")] = "",
+    fp16: Annotated[bool | None, typer.Option("--fp16/--fp32", help="The fp16 files (half the bytes) when the "
+                                              "repository has them; default: fp16 on a CUDA machine.",
+                                              show_default=False)] = None,
+) -> None:
+    """Prefetch a Stable Diffusion prior (its diffusers components only), with progress; an interrupted
+    download resumes where it stopped."""
+    import torch
+
+    from lodsgs.prior.diffusion import _looks_like_path, resolve_model
+    from lodsgs.prior.hub import LEGACY, download, folder_size, human_size
+    repo = resolve_model(name)
+    if name == "shapes" or _looks_like_path(repo):
+        raise LodsgsError(f"{name!r} is not a hub id; `prior download` takes sd21, sd15 or an owner/name hub id")
+    repo = LEGACY.get(repo, repo)
+    half = torch.cuda.is_available() if fp16 is None else fp16
+    folder = download(repo, revision or None, half, str(to) if to else None)
+    typer.echo(f"{repo}: {human_size(folder_size(folder))} in {folder}")
+    if to:
+        typer.echo(f"use it with --prior {to}")
 
 
 @prior_app.command("captions")

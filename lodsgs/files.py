@@ -27,3 +27,23 @@ def write_text(path: Path, text: str) -> None:
     """``Path.write_text``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def safe_load(path: Path, what: str = "checkpoint"):
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings, lists and dicts only. A file that
+    holds other pickled objects (which could run code when unpickled) is refused in one line, unopened."""
+    import pickle
+
+    import torch
+
+    from lodsgs.errors import LodsgsError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LodsgsError(f"refused to open {what} {str(path)!r}: it holds pickled Python objects, which could run "
+                          f"code; a lodsgs {what} holds only tensors, numbers and strings, so this one was not made "
+                          "by lodsgs or was altered; delete it, or rerun without it") from None
+    except Exception as e:  # a truncated or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LodsgsError(f"cannot read {what} {str(path)!r}: {first}") from None

@@ -9,6 +9,7 @@ import re
 import resource
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 from lodsgs.cameras import eval_cameras, sample_cameras, view_labels
 from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
-from lodsgs.files import atomic_path, write_text
+from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.lift import layout, lift
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
@@ -296,10 +297,7 @@ CHECKPOINT_KEYS = {"step", "seconds", "sh_degree", "splats", "optimizers", "dens
 def read_checkpoint(path: Path, cfg: Config) -> dict:
     """A checkpoint's payload, on the CPU, refused in one line if it is not a lodsgs checkpoint or was made
     with settings that decide a different result (a resume must continue the same run)."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0] if str(e) else e}") from None
+    ck = safe_load(path)
     if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
         raise LodsgsError(f"{str(path)!r} is not a lodsgs checkpoint; delete it, or rerun without --resume "
                           "(with --overwrite) to start again")
@@ -331,8 +329,20 @@ def load_checkpoint(s: State, ck: dict, cfg: Config, device: torch.device) -> No
 
 # --- the run --------------------------------------------------------------------------------------
 
+def cpu_time_note(prior: DiffusionPrior, device: torch.device, step_seconds: float, remaining: int) -> None:
+    """On a CPU with a latent (Stable Diffusion) prior, print the rest of the run's expected time, measured on
+    its first step, and how to shorten it; nothing when that is under a minute."""
+    if device.type != "cpu" or prior.vae is None or step_seconds * remaining < 60:
+        return
+    total = step_seconds * remaining
+    when = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min"
+    print(f"lodsgs: note: this CPU took {step_seconds:.1f} s for the first step: the other {remaining} steps take "
+          f"about {when}; shorten with --steps N or a smaller run.batch, or run on a GPU with --device cuda",
+          file=sys.stderr)
+
+
 def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
-    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device)
+    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
 
 
 def generate(
@@ -398,9 +408,12 @@ def generate(
     try:
         with (RunLog(run_dir, cfg.run.log_every, cfg.run.steps, resume_step=s.step if resume else None) as runlog,
               StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar):
+            first = s.step + 1
             while s.step < cfg.run.steps:
                 logs = train_step(cfg, s, device)
-                s.seconds = time.perf_counter() - start
+                seconds, s.seconds = s.seconds, time.perf_counter() - start
+                if s.step == first:  # once, from this machine's first measured step
+                    cpu_time_note(prior, device, s.seconds - seconds, cfg.run.steps - s.step)
                 bar.update(s.step, loss=logs["loss"], gaussians=s.splats.num)
                 if runlog.due(s.step):
                     runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))

@@ -116,6 +116,10 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
             todo.append(prompt)
     if not todo:
         return result
+    from lodsgs.prior.diffusion import locate, resolve_model
+
+    # once, up front (cached or downloaded here): a prior that cannot be found fails the batch in one line
+    locate(resolve_model(cfg.prior.model), cfg.prior.revision)
     started = connect(ray, address)
     actors: list = []
     pending: dict = {}  # object ref -> (prompt, actor, start time)

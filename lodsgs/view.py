@@ -89,10 +89,12 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
 
 def checkpoint_splats(path: Path) -> Splats:
     """The splats of a training checkpoint (read on the CPU)."""
+    from lodsgs.files import safe_load
+
+    ck = safe_load(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
         return Splats(ck["splats"], sh_degree=ck["sh_degree"])
-    except Exception as e:  # a truncated or foreign file
+    except Exception as e:  # a foreign file
         raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}") from None
 
 

@@ -1,8 +1,12 @@
 """Shared fixtures: tiny random priors in the diffusers layout, built once per test session."""
 
-import pytest
+import os
 
-from lodsgs.prior.tiny import build_tiny_prior
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches the Hugging Face Hub (read when huggingface_hub is imported)
+
+import pytest  # noqa: E402
+
+from lodsgs.prior.tiny import build_tiny_prior  # noqa: E402
 
 
 @pytest.fixture(scope="session")

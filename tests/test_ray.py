@@ -129,5 +129,5 @@ def test_ctrl_c_on_the_driver_checkpoints_running_prompts(tmp_path):
         proc.kill()
     assert proc.returncode == 130, output
     assert "running prompts checkpointed" in output and "rerun the same command" in output
-    ckpt = torch.load(log.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(log.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert 10 <= ckpt["step"] < 4000

@@ -1,44 +1,93 @@
-"""Stable Diffusion 2.1-base's architecture with random weights, through the real loading path: one LODS step
-of each learnable kind moves the 77×1024 embedding and the LoRA weights (slow: a 1.3 B-parameter model)."""
+"""Stable Diffusion 2.1-base's and 1.5's architectures with random weights, through the real loading path (from a
+temporary Hugging Face cache, under the withdrawn legacy ids): one LODS step of each learnable kind moves the
+embedding α (77×1024 for 2.1, 77×768 for 1.5) and the LoRA weights. Slow: 1.1-1.3 B-parameter models."""
+
+import shutil
+import time
 
 import pytest
 import torch
+from huggingface_hub import constants
 
-from lodsgs.prior.diffusion import DiffusionPrior
+from lodsgs.prior import hub
+from lodsgs.prior.diffusion import DiffusionPrior, locate, resolve_model
 from lodsgs.prior.guidance import Guidance, GuidanceConfig
-from lodsgs.prior.sd_random import build_sd21_random, parameter_counts
+from lodsgs.prior.sd_random import build_sd15_random, build_sd21_random, parameter_counts
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+ARCHS = {  # legacy id, builder, text width, parameter ranges (UNet, VAE, text encoder) of the real models
+    "sd21": ("stabilityai/stable-diffusion-2-1-base", build_sd21_random, 1024, (860e6, 870e6), (330e6, 360e6)),
+    "sd15": ("runwayml/stable-diffusion-v1-5", build_sd15_random, 768, (855e6, 865e6), (120e6, 125e6)),
+}
+
+
+def place(cache, repo_id: str, folder) -> str:
+    """``folder`` as ``repo_id``'s snapshot in a hub cache (a symlink: the folder is GBs)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "snapshots" / COMMIT).symlink_to(folder, target_is_directory=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return str(repo / "snapshots" / COMMIT)
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def arch(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def sd_prior(tmp_path_factory):
-    import shutil
-
-    folder = build_sd21_random(tmp_path_factory.mktemp("sd") / "sd21-random")
-    prior = DiffusionPrior.from_pretrained(str(folder))
-    shutil.rmtree(folder)  # 2.6 GB: pytest keeps its last three temporary folders
-    yield prior
+def sd(arch, tmp_path_factory):
+    """(prior, cache, folder): the random model built once per architecture, placed in an offline temporary
+    Hugging Face cache under its legacy id and loaded from there by that id."""
+    legacy, build, *_ = ARCHS[arch]
+    root = tmp_path_factory.mktemp(arch)
+    folder = build(root / "random")
+    cache = root / "hf-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        place(cache, legacy, folder)
+        prior = DiffusionPrior.from_pretrained(legacy)
+        yield prior, cache, folder
+    del prior
+    shutil.rmtree(folder)  # GBs: pytest keeps its last three temporary folders
 
 
 @pytest.mark.slow
-def test_sd_sized_prior_loads_with_sd_shapes(sd_prior):
-    counts = parameter_counts(sd_prior)
-    assert 860e6 < counts["unet"] < 870e6 and 80e6 < counts["vae"] < 90e6 and 330e6 < counts["text_encoder"] < 360e6
-    assert sd_prior.encode_text("a corgi").shape == (1, 77, 1024)
-    assert sd_prior.image_size == 512 and sd_prior.num_timesteps == 1000
+def test_sd_sized_prior_loads_from_the_cache_with_sd_shapes(sd, arch):
+    prior, cache, folder = sd
+    legacy, _, width, unet_range, text_range = ARCHS[arch]
+    assert prior.name == str(cache / f"models--{legacy.replace('/', '--')}" / "snapshots" / COMMIT)
+    counts = parameter_counts(prior)
+    assert unet_range[0] < counts["unet"] < unet_range[1] and 80e6 < counts["vae"] < 90e6
+    assert text_range[0] < counts["text_encoder"] < text_range[1]
+    assert prior.encode_text("a corgi").shape == (1, 77, width)
+    assert prior.image_size == 512 and prior.num_timesteps == 1000
+
+
+@pytest.mark.slow
+def test_the_mirror_id_and_the_short_name_resolve_to_the_cached_mirror(sd, arch):
+    prior, cache, folder = sd
+    mirror = place(cache, hub.LEGACY[ARCHS[arch][0]], folder)
+    assert locate(resolve_model(arch)) == mirror  # --prior sd21 / sd15, offline
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lods-embedding", "lods-lora"])
-def test_one_lods_step_moves_the_learned_branch(sd_prior, method):
+def test_one_lods_step_moves_the_learned_branch(sd, arch, method):
+    prior = sd[0]
     images = torch.rand(1, 64, 64, 3, requires_grad=True)  # resized to 512² inside, as any render is
-    guidance = Guidance(sd_prior, GuidanceConfig(method=method), "a corgi")
+    guidance = Guidance(prior, GuidanceConfig(method=method), "a corgi")
     before = [p.detach().clone() for p in guidance.trainable()]
     if method == "lods-embedding":
-        assert before[0].shape == (1, 77, 1024)
+        assert before[0].shape == (1, 77, ARCHS[arch][2])  # α: 77×1024 (2.1), 77×768 (1.5)
     opt = torch.optim.Adam(guidance.param_groups())
+    start = time.perf_counter()
     out = guidance(images, ["front"], step=0)
     (out.loss + out.prior_loss).backward()
     opt.step()
+    print(f"{arch} {method}: one step, one 512² view, {time.perf_counter() - start:.1f} s on this CPU")
     assert images.grad is not None and images.grad.abs().sum() > 0  # through the VAE encoder to the renders
     moved = [(p.detach() - b).abs().max().item() for p, b in zip(guidance.trainable(), before, strict=True)]
     assert max(moved) > 0, f"{method}: the learned branch did not move"

@@ -173,12 +173,12 @@ def test_training_command_exports_a_loadable_prior_and_resumes(tmp_path):
     out, work = tmp_path / "prior", tmp_path / "work"
     args = ["--out", str(out), "--work", str(work), "--views", "1", "--batch", "2", "--minutes", "0.05"]
     train.main(args)
-    first = torch.load(work / "checkpoint.pt", weights_only=False)
+    first = torch.load(work / "checkpoint.pt", weights_only=True)
     assert first["step"] > 0
     prior = DiffusionPrior.from_pretrained(str(out))
     assert prior.vae is None and prior.unet.config.sample_size == 32
     train.main(args[:-1] + ["0.1", "--resume"])  # a larger total budget continues from the checkpoint
-    second = torch.load(work / "checkpoint.pt", weights_only=False)
+    second = torch.load(work / "checkpoint.pt", weights_only=True)
     assert second["step"] > first["step"] and second["elapsed"] > first["elapsed"]
 
 

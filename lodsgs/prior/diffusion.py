@@ -18,15 +18,15 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from lodsgs.errors import LodsgsError
+from lodsgs.prior.hub import NAMED, SD21, snapshot
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_MODEL = SD21
 SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
-NAMED = {"sd21": DEFAULT_MODEL, "sd": DEFAULT_MODEL}
 VIEWS = ("front", "side", "back", "overhead")  # the labels view-dependent prompts append (", front view")
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map a prior name (``shapes``, ``sd21``, ``sd``) to a hub id or folder; anything else is returned as is."""
+    """Map a prior name (``shapes``, ``sd21``, ``sd15``) to a hub id or folder; anything else is returned as is."""
     if name_or_path == "shapes":
         if not (SHAPES_DIR / "unet").is_dir():
             raise LodsgsError(f"the shapes prior weights are not installed at {str(SHAPES_DIR)!r}; "
@@ -54,24 +54,23 @@ def _check_folder(model: str) -> None:
                           "(and vae/ for latent models)")
 
 
-# the diffusers components in fp32 safetensors: SD repos also hold .ckpt, .bin, fp16 and ONNX copies (GBs)
-HUB_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*", "*/model.safetensors",
-                "*/diffusion_pytorch_model.safetensors"]
+def _hub_snapshot(repo_id: str, revision: str | None = None, fp16: bool = False) -> str:
+    """A hub model's local snapshot folder (see ``lodsgs.prior.hub.snapshot``)."""
+    return snapshot(repo_id, revision or None, fp16)
 
 
-def _hub_snapshot(repo_id: str) -> str:
-    """A hub model's local snapshot folder: from the Hugging Face cache, else downloaded once (the components
-    only). One clear error, and no per-file retries, when it is neither cached nor reachable."""
-    from huggingface_hub import snapshot_download
+def locate(model: str, revision: str = "", fp16: bool = False) -> str:
+    """The local diffusers folder of a hub id (cached, else downloaded) or a folder, checked for the layout."""
+    if not _looks_like_path(model):
+        model = _hub_snapshot(model, revision, fp16)
+    _check_folder(model)
+    return str(Path(model).expanduser())
 
-    try:
-        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True)
-    except Exception:  # not (fully) cached: fetch it
-        pass
-    try:
-        return snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
-    except Exception as e:  # offline, unknown or gated repo id
-        raise _missing_model_error(repo_id, e) from None
+
+def _variant(folder: Path, component: str) -> str | None:
+    """``fp16`` when a component holds only the fp16 variant files (``lodsgs prior download`` on CUDA)."""
+    files = [p.name for p in (folder / component).glob("*.safetensors")]
+    return "fp16" if files and all(".fp16." in f for f in files) else None
 
 
 def _has_vae(model: str) -> bool:
@@ -80,16 +79,9 @@ def _has_vae(model: str) -> bool:
 
 
 def _missing_model_error(model: str, err: Exception) -> LodsgsError:
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    if Path(model).expanduser().is_dir():
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return LodsgsError(f"cannot load the diffusion model from folder {model!r}: {first}")
-    return LodsgsError(
-        f"diffusion model {model!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and cannot be downloaded "
-        f"here; download it where there is network (`hf download {model}`) and copy the cache, or point at a "
-        "local diffusers folder with --set prior.model=/path/to/folder, or use the offline prior: --prior shapes"
-    )
+    """A local folder diffusers or transformers cannot load: their first line, and the folder."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LodsgsError(f"cannot load the diffusion model from folder {model!r}: {first}")
 
 
 class DiffusionPrior(nn.Module):
@@ -111,17 +103,16 @@ class DiffusionPrior(nn.Module):
         self._text_cache: dict[str, Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, model: str, device: torch.device | str = "cpu") -> DiffusionPrior:
+    def from_pretrained(cls, model: str, device: torch.device | str = "cpu", revision: str = "") -> DiffusionPrior:
         """Load every component from a hub id or a local diffusers folder; one clear LodsgsError if absent.
 
         The scheduler config is always read into a ``DDPMScheduler`` (SD-2.1-base ships a PNDM config):
         guidance only needs the training noise schedule ᾱ_t, which every scheduler config describes.
+        ``revision`` pins a hub model's commit.
         """
-        if not _looks_like_path(model):
-            model = _hub_snapshot(model)
-        _check_folder(model)
-        model = str(Path(model).expanduser())
         device = torch.device(device)
+        folder = Path(locate(model, revision, fp16=device.type == "cuda"))
+        model = str(folder)
         transformers.utils.logging.disable_progress_bar()  # per-load "Loading weights" bars: noise in every run
         if device.type == "cpu":  # denormal floats (e.g. LoRA/VAE activations near zero) slow CPU math ~30x
             torch.set_flush_denormal(True)
@@ -129,11 +120,14 @@ class DiffusionPrior(nn.Module):
         from huggingface_hub.errors import EntryNotFoundError
 
         try:
-            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype,
+                                                        variant=_variant(folder, "unet"))
             scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
-            text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
+            text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype,
+                                                         variant=_variant(folder, "text_encoder"))
             tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype) if _has_vae(model) else None
+            vae = (AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype,
+                                                 variant=_variant(folder, "vae")) if _has_vae(model) else None)
         except (OSError, ValueError, EntryNotFoundError) as e:  # missing files, offline hub, gated or bad repo id
             raise _missing_model_error(model, e) from None
         return cls(unet, scheduler, text_encoder, tokenizer, vae, name=model).to(device)

@@ -48,7 +48,7 @@ def build_dataset(cfg: DatasetConfig, caption_list: list[str] | None = None) -> 
 def load_or_build(path: Path, cfg: DatasetConfig) -> dict:
     """Cached dataset (rebuilt when the file is missing or was made with other settings)."""
     if path.exists():
-        data = torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=True)
         if data.get("config") == cfg.__dict__ and data["captions"] == world.captions():
             return data
     data = build_dataset(cfg)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     step, elapsed = 0, 0.0
     ckpt = work / "checkpoint.pt"
     if args.resume and ckpt.exists():
-        ck = torch.load(ckpt, weights_only=False)
+        ck = torch.load(ckpt, weights_only=True)
         unet.load_state_dict(ck["unet"]), text.load_state_dict(ck["text"]), opt.load_state_dict(ck["opt"])
         ema[0].load_state_dict(ck["ema_unet"]), ema[1].load_state_dict(ck["ema_text"])
         g.set_state(ck["rng"]), torch.set_rng_state(ck["torch_rng"])

