@@ -79,6 +79,17 @@ def test_spz_quaternion_bound_is_tight(tmp_path):
     assert 0.115 < err_w[0] <= W_BOUND and err_w[1] < 1e-6, err_w
 
 
+@pytest.mark.parametrize("degree, ply_bytes, spz_bytes", [(0, 68, 19), (3, 248, 19 + 45)])
+def test_bytes_a_gaussian_in_each_file(tmp_path, degree, ply_bytes, spz_bytes):
+    """.ply: 17 float32 (position, normal, DC colour, opacity, scale, rotation) + 45 at SH degree 3; .spz before
+    gzip: 9 position + 1 alpha + 3 colour + 3 scale + 3 rotation bytes + 1 byte a higher SH coefficient."""
+    s = random_splats(n=100, degree=degree)
+    write_ply(s, tmp_path / "a.ply")
+    data = (tmp_path / "a.ply").read_bytes()
+    assert len(data) - (data.index(b"end_header\n") + len(b"end_header\n")) == 100 * ply_bytes
+    assert len(gzip.decompress(encode_spz(s))) == 16 + 100 * spz_bytes
+
+
 def test_spz_header_is_version_2_and_bytes_are_stable():
     s = random_splats(n=10, degree=0)
     data = encode_spz(s)
