@@ -102,6 +102,7 @@ def test_cuda_kernel_matches_reference(dtype):
         assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_kernel_compiles_with_nvcc(tmp_path):
     result = subprocess.run(["nvcc", "-c", str(CU), "-o", str(tmp_path / "k.o"), "-arch=sm_80"],

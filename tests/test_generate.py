@@ -37,6 +37,7 @@ def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
     assert info.exit_code == 0 and '"steps": 6' in info.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sds", "lods-embedding", "lods-lora"])
 def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)
@@ -130,6 +131,7 @@ def test_flat_start_colour(cfg_for):
     assert init_splats(cfg_for("sds")).rgb.std(0).min() > 0.1  # the default start stays random
 
 
+@pytest.mark.slow
 def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
     """init.kind=sample on a VAE prior: DDIM in latent space, decoded, lifted; seeded by run.seed."""
     from lodsgs.generate import init_splats, load_prior
@@ -154,6 +156,7 @@ def test_set_value_that_is_not_yaml_is_one_line(tiny_sets, tmp_path):
     assert result.exit_code == 2 and "not valid YAML" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_path, sigint_at):
     """Checkpoints are read on the CPU (RNG states must be CPU ByteTensors for set_state) and may carry a CUDA
     generator state, which a CPU resume ignores; the torch and camera RNG states come back exactly."""

@@ -184,6 +184,7 @@ def test_linear_schedule_ramps_t_max_to_its_end_value(latent):
     assert guidance.t_range(400) == (20, 20)
 
 
+@pytest.mark.slow
 def test_embedding_init_isolation_and_learning(prior):
     cfg = GuidanceConfig(method="lods-embedding", embedding_lr=1e-2, negative_prompt="a point cloud image")
     guidance = Guidance(prior, cfg, PROMPT, seed=0)
@@ -245,6 +246,7 @@ def test_sds_loss_moves_the_renders_not_the_embedding(latent):
     assert Guidance(latent, GuidanceConfig(method="sds"), PROMPT).param_groups() == []
 
 
+@pytest.mark.slow
 def test_lora_learns_only_adapters_and_disabled_equals_base(latent):
     prior = latent
     x = torch.randn(2, 4, 8, 8)
