@@ -171,6 +171,8 @@ def _drive(ray, actors: list, new_actor, pending: dict, queue: deque, cfg: Confi
         if queue:
             prompt = queue.popleft()
             pending[actor.run.remote(prompt)] = (prompt, actor, time.perf_counter())
+        else:  # an idle actor keeps its CPUs/GPU: free them for an actor restarting after its node was lost
+            ray.kill(actor, no_restart=True)
 
     for actor in actors:
         submit(actor)
@@ -188,7 +190,7 @@ def _drive(ray, actors: list, new_actor, pending: dict, queue: deque, cfg: Confi
             except ray.exceptions.RayError as e:  # the worker died more often than --max-retries allows
                 record = {**base, "status": "failed", "error": f"worker lost: {type(e).__name__}",
                           "seconds": round(time.perf_counter() - start, 2)}
-                actor = new_actor()
+                actor = new_actor() if queue else actor
             if record["status"] == "done":
                 result.done += 1
                 log(f"done: {prompt} ({record['seconds']:.0f} s on {record.get('node')})")
