@@ -178,6 +178,7 @@ def test_training_by_steps_is_reproducible_exports_and_resumes(tmp_path):
 
     a, b = run(tmp_path / "a", 3), run(tmp_path / "b", 3)
     assert a["step"] == b["step"] == 3
+    assert a["opt"]["param_groups"][0]["lr"] == train.learning_rate(4e-4, 2, 2 / 3)  # the last step's, by step
     assert all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])  # same arguments, same weights
     assert not all(torch.equal(a["unet"][k], a["ema_unet"][k]) for k in a["unet"])  # it did train
     prior = DiffusionPrior.from_pretrained(str(tmp_path / "a" / "prior"))
