@@ -52,8 +52,9 @@ def test_batch_through_the_cluster_address_uses_both_nodes(two_nodes, tmp_path):
 
 def test_a_node_lost_mid_prompt_resumes_that_prompt_on_the_other(two_nodes, tmp_path):
     """The worker node dies (SIGKILL to its raylet, then to its frozen worker: no goodbye) while its prompt is
-    past a checkpoint; the actor restarts on the head once the head's worker is idle and released, and the
-    prompt resumes there. Frozen before the kill, the prompt cannot have finished first."""
+    past a checkpoint. Ray's own retries run out before the node is declared dead, so the driver sends the
+    prompt again on a new actor, placed on the head once the head's worker is idle and released, and the
+    prompt resumes there from its checkpoint. Frozen before the kill, it cannot have finished first."""
     import threading
 
     from lodsgs.ray_batch import run_batch_ray
