@@ -159,7 +159,6 @@ def test_rejected_resume_and_failed_overwrite(tiny_sets, tmp_path, monkeypatch):
     assert "method: sds" in (run / "config.yaml").read_text()
 
 
-@pytest.mark.slow
 def test_batch_reruns_when_settings_change(tiny_sets, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cube\n")

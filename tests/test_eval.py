@@ -22,7 +22,6 @@ def test_score_is_perfect_for_the_truth_at_any_yaw():
     assert s["yaw"] in (90.0, 270.0) and s["iou"] > 0.9  # the yaw search finds the turn
 
 
-@pytest.mark.slow
 def test_r_precision_tells_shapes_and_colours_apart():
     views = EvalViews(n=4, size=32, yaw_steps=4)
     s = score_caption(world.build_object("a red cube"), "a red cube", views, world.BACKGROUND)
@@ -39,7 +38,6 @@ def test_r_precision_tells_shapes_and_colours_apart():
     assert scene["shape_r1"] is scene["color_r1"] is scene["shape_rank"] is None and scene["psnr"] > 60
 
 
-@pytest.mark.slow
 def test_underspecified_captions_score_against_the_nearest_mode():
     views = EvalViews(n=4, size=32, yaw_steps=4)
     green = world.build_object("a green cube")

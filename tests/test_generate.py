@@ -37,8 +37,7 @@ def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
     assert info.exit_code == 0 and '"steps": 6' in info.output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["sds", "lods-embedding", "lods-lora"])
+@pytest.mark.parametrize("method", ["sds", "lods-embedding", pytest.param("lods-lora", marks=pytest.mark.slow)])
 def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)
     full = generate("a red cube", cfg, tmp_path / "full", quiet=True)
@@ -156,7 +155,6 @@ def test_set_value_that_is_not_yaml_is_one_line(tiny_sets, tmp_path):
     assert result.exit_code == 2 and "not valid YAML" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.slow
 def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_path, sigint_at):
     """Checkpoints are read on the CPU (RNG states must be CPU ByteTensors for set_state) and may carry a CUDA
     generator state, which a CPU resume ignores; the torch and camera RNG states come back exactly."""
