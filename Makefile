@@ -1,6 +1,7 @@
 PY ?= python3
 
-.PHONY: install venv constraints versions browser-deps web test test-fast lint bench bench-sd gpu-check
+
+.PHONY: install venv constraints versions browser-deps web test test-fast test-claims lint bench bench-sd gpu-check
 
 EXTRAS ?= dev
 TORCH ?= torch==2.13.0
@@ -52,6 +53,10 @@ web:
 
 test:
 	$(PY) -m pytest -q
+
+# the exhaustive form of claims the suite checks on a subset (e.g. the layout start over all 30 single objects)
+test-claims:
+	LODSGS_EXHAUSTIVE=1 $(PY) -m pytest -q -m slow tests/test_lift.py -k layout_start_is_the_ball
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow"

@@ -396,14 +396,17 @@ def prior_captions() -> None:
 
 @prior_app.command("train-shapes", epilog="""**Examples**
 
-    lodsgs prior train-shapes --out my_shapes --minutes 60
+    lodsgs prior train-shapes --out my_shapes --steps 7000
 
-    lodsgs prior train-shapes --out my_shapes --minutes 65 --lr 2e-4 --init lodsgs/prior/shapes/weights
+    lodsgs prior train-shapes --out my_shapes --steps 7700 --lr 2e-4 --init lodsgs/prior/shapes/weights
 """)
 @friendly
 def prior_train_shapes(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (diffusers layout).")] = Path("shapes_prior"),
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 60.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps in all; the learning-rate schedule follows the step, "
+                                            "so the same arguments give the same prior.")] = 7000,
+    minutes: Annotated[float | None, typer.Option(help="NOT reproducible: train for this wall-clock budget instead "
+                                                  "of --steps (schedule by elapsed time).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's checkpoint.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     init: Annotated[Path | None, typer.Option(help="Warm-start from an exported prior folder.")] = None,
@@ -414,16 +417,17 @@ def prior_train_shapes(
         help="Share of single-object samples captioned by shape alone ('a cube'), and again by colour alone "
              "('a red shape'); 0 = full captions only.")] = 0.15,
 ) -> None:
-    """Train the offline shapes prior on the procedural world (about an hour on 2 CPU cores)."""
+    """Train the offline shapes prior on the procedural world (7,000 steps: about an hour on 2 CPU cores)."""
     from lodsgs.prior.shapes import train
     if weighting not in ("v", "eps"):
         raise LodsgsError(f"--weighting must be v or eps, got {weighting!r}")
-    if minutes <= 0 or lr <= 0 or batch < 1:
-        raise LodsgsError("--minutes and --lr must be > 0 and --batch >= 1")
+    if steps < 1 or (minutes is not None and minutes <= 0) or lr <= 0 or batch < 1:
+        raise LodsgsError("--steps and --batch must be >= 1, --minutes and --lr > 0")
     if not 0 <= underspecified <= 0.5:
         raise LodsgsError(f"--underspecified is a probability per kind, 0 to 0.5; got {underspecified}")
-    argv = ["--out", str(out), "--minutes", str(minutes), "--seed", str(seed), "--lr", str(lr), "--batch", str(batch),
+    argv = ["--out", str(out), "--steps", str(steps), "--seed", str(seed), "--lr", str(lr), "--batch", str(batch),
             "--weighting", weighting, "--underspecified", str(underspecified)] + (["--resume"] if resume else [])
+    argv += ["--minutes", str(minutes)] if minutes is not None else []
     train.main(argv + (["--init", str(init)] if init else []))
 
 

@@ -3,9 +3,12 @@
 One actor per worker slot loads the prior once and runs prompts one after another (Ray tasks that need a
 GPU get a fresh process per call by default, which would reload Stable Diffusion for every prompt). Ray's
 actor restarts re-send the prompt of a process that died (killed, out of host memory) up to
-``--max-retries`` times, and the retried prompt resumes from its last checkpoint; a prompt that fails
-inside lodsgs (a bad prompt, CUDA out of memory) comes back as a failed record and is not retried. The
-driver writes the same ``manifest.jsonl`` as the local batch, so either can resume the other's work.
+``--max-retries`` times, and the retried prompt resumes from its last checkpoint; when those retries run
+out first (a lost node is declared dead only after missed heartbeats), the driver sends the prompt again on a
+new actor, up to ``--max-retries`` times as well. An actor with nothing left to run is released, so one
+restarting after its node was lost finds a slot. A prompt that fails inside lodsgs (a bad prompt, CUDA out of
+memory) comes back as a failed record and is not retried. The driver writes the same ``manifest.jsonl`` as
+the local batch, so either can resume the other's work.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
 
         log(f"Ray: {n} workers ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each) for {len(todo)} prompts")
         _drive(ray, [new_actor() for _ in range(n)], new_actor, pending, deque(todo), cfg, digest, manifest, result,
-               log, progress)
+               log, progress, max_retries)
     except KeyboardInterrupt:
         from lodsgs.generate import Interrupted
         saved = stop_running(ray, pending, log)
@@ -166,16 +169,20 @@ def stop_running(ray, pending: dict, log, timeout_s: float = 60.0) -> int:
 
 
 def _drive(ray, actors: list, new_actor, pending: dict, queue: deque, cfg: Config, digest: str, manifest: Path,
-           result: BatchResult, log, progress: bool) -> None:
+           result: BatchResult, log, progress: bool, max_retries: int) -> None:
     """Keep every actor busy until the queue is empty, recording each prompt as it finishes; an actor that
-    died more often than its restarts allow is replaced."""
+    died more often than its restarts allow is replaced, and its prompt sent again up to ``max_retries``
+    times (it resumes from its checkpoint) before it counts as failed."""
     from lodsgs.progress import BatchProgress
 
     def submit(actor) -> None:
         if queue:
             prompt = queue.popleft()
             pending[actor.run.remote(prompt)] = (prompt, actor, time.perf_counter())
+        else:  # an idle actor keeps its CPUs/GPU: free them for an actor restarting after its node was lost
+            ray.kill(actor, no_restart=True)
 
+    lost: dict[str, int] = {}  # prompt -> times its worker was lost and the driver sent it again
     for actor in actors:
         submit(actor)
     with BatchProgress(len(queue) + len(pending), quiet=not progress) as bar:
@@ -189,10 +196,17 @@ def _drive(ray, actors: list, new_actor, pending: dict, queue: deque, cfg: Confi
             base = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
             try:
                 record = {**base, **ray.get(ref)}
-            except ray.exceptions.RayError as e:  # the worker died more often than --max-retries allows
+            except ray.exceptions.RayError as e:  # the worker died more often than Ray's own retries allow
+                ray.kill(actor, no_restart=True)
+                if lost.get(prompt, 0) < max_retries:  # e.g. its node is gone: Ray's retries run out before the
+                    lost[prompt] = lost.get(prompt, 0) + 1  # node is declared dead, so run it again on a new actor
+                    queue.appendleft(prompt)
+                    log(f"worker lost ({type(e).__name__}): {prompt}; again from its last checkpoint")
+                    submit(new_actor())
+                    continue
                 record = {**base, "status": "failed", "error": f"worker lost: {type(e).__name__}",
                           "seconds": round(time.perf_counter() - start, 2)}
-                actor = new_actor()
+                actor = new_actor() if queue else actor
             if record["status"] == "done":
                 result.done += 1
                 log(f"done: {prompt} ({record['seconds']:.0f} s on {record.get('node')})")

@@ -96,20 +96,24 @@ def browser_page(width: int, height: int) -> Iterator:
             browser.close()
 
 
-def screenshot(page, background: np.ndarray, tries: int = 20, wait_s: float = 0.5) -> np.ndarray:
+def screenshot(page, background: np.ndarray, timeout_s: float = 30.0, wait_s: float = 0.5) -> np.ndarray:
     """The page as float RGB [H,W,3] once it is drawn and still: software rendering can give blank first
-    frames and viewers fade splats in, so retry until two shots in a row agree and differ from the background."""
+    frames and viewers fade splats in, so shoot until two shots in a row agree and differ from the background;
+    fails the test if that does not happen within ``timeout_s``."""
     from PIL import Image
 
-    previous = None
-    for _ in range(tries):
+    previous, why = None, "no screenshot taken"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         img = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.float32) / 255
-        if (previous is not None and foreground(img, background).mean() > 0.001
-                and np.abs(img - previous).max() < 1.5 / 255):
+        drawn = foreground(img, background).mean()
+        change = np.abs(img - previous).max() if previous is not None else float("inf")
+        if drawn > 0.001 and change < 1.5 / 255:
             return img
+        why = f"{drawn:.2%} of the pixels drawn, {change * 255:.1f}/255 change since the last shot"
         previous = img
         time.sleep(wait_s)
-    return img
+    pytest.fail(f"the page never settled within {timeout_s:g} s ({why})")
 
 
 def foreground(img: np.ndarray, background: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from lodsgs.splats.io import write_ply, write_splat
 from lodsgs.splats.spz import write_spz
 from lodsgs.view import Viewer, eval_camera_pose
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # chromium starts in seconds, draws in software
 
 WHITE = np.ones(3, dtype=np.float32)
 W, H = 320, 240

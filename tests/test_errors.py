@@ -15,17 +15,6 @@ from lodsgs.splats.model import Splats
 
 runner = CliRunner()
 
-TINY = ["run.steps=4", "run.batch=2", "run.checkpoint_every=2", "run.turntable_frames=2", "run.turntable_size=16",
-        "camera.width=16", "camera.height=16", "init.num=100", "densify.enabled=false"]
-
-
-def tiny_sets(prior_dir: str, *extra: str) -> list[str]:
-    out = ["--set", f"prior.model={prior_dir}"]
-    for s in TINY + list(extra):
-        out += ["--set", s]
-    return out
-
-
 def one_error_line(result, fragment: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
@@ -58,10 +47,9 @@ def ply(tmp_path):
     (["--set", "run.steps=0"], "'run.steps': must be >= 1"),
     (["--init", "[1].ply"], "[1].ply"),
 ])
-def test_bad_settings_fail_before_anything_is_written(tiny_prior_dirs, tmp_path, extra, fragment):
+def test_bad_settings_fail_before_anything_is_written(tiny_sets, tmp_path, extra, fragment):
     out = tmp_path / "runs"
-    sets = [s for s in tiny_sets(tiny_prior_dirs["pixel"]) if "--steps" not in extra or s != "run.steps=4"]
-    sets = [s for i, s in enumerate(sets) if not (s == "--set" and i + 1 < len(sets) and sets[i + 1] == "--set")]
+    sets = tiny_sets("pixel", without=("run.steps",) if "--steps" in extra else ())
     result = runner.invoke(app, ["generate", "a cube", "--out", str(out), *sets, *extra])
     one_error_line(result, fragment)
     assert not out.exists()  # validation happens before any folder is made
@@ -102,11 +90,11 @@ def test_render_bad_options(ply, args, fragment):
     one_error_line(runner.invoke(app, ["render", str(ply), *args]), fragment)
 
 
-def test_batch_out_is_a_file(tiny_prior_dirs, tmp_path):
+def test_batch_out_is_a_file(tiny_sets, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cube\n")
     one_error_line(runner.invoke(app, ["batch", str(prompts), "--out", str(prompts),
-                                       *tiny_sets(tiny_prior_dirs["pixel"])]), "is a file")
+                                       *tiny_sets("pixel")]), "is a file")
 
 
 def test_info_on_a_corrupt_metrics_file(tmp_path):
@@ -114,16 +102,16 @@ def test_info_on_a_corrupt_metrics_file(tmp_path):
     one_error_line(runner.invoke(app, ["info", str(tmp_path)]), "not valid JSON")
 
 
-def test_resume_from_a_foreign_checkpoint(tiny_prior_dirs, tmp_path):
+def test_resume_from_a_foreign_checkpoint(tiny_sets, tmp_path):
     ckpt = tmp_path / run_name("a cube", 0) / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"weights": torch.zeros(3)}, ckpt)
     result = runner.invoke(app, ["generate", "a cube", "--resume", "--out", str(tmp_path),
-                                 *tiny_sets(tiny_prior_dirs["pixel"])])
+                                 *tiny_sets("pixel")])
     one_error_line(result, "not a lodsgs checkpoint")
 
 
-def test_disk_full_leaves_no_half_written_file(tiny_prior_dirs, tmp_path, monkeypatch):
+def test_disk_full_leaves_no_half_written_file(tiny_sets, tmp_path, monkeypatch):
     import lodsgs.media as media
 
     def full_disk(file, *a, **k):
@@ -132,19 +120,19 @@ def test_disk_full_leaves_no_half_written_file(tiny_prior_dirs, tmp_path, monkey
 
     monkeypatch.setattr(media.imageio, "imwrite", full_disk)
     result = runner.invoke(app, ["generate", "a cube", "--quiet", "--out", str(tmp_path),
-                                 *tiny_sets(tiny_prior_dirs["pixel"])])
+                                 *tiny_sets("pixel")])
     one_error_line(result, "No space left on device")
     run = tmp_path / run_name("a cube", 0)
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "splats.ply").is_file()  # what finished is kept
     assert not (run / "preview.png").exists() and not list(run.glob(".*partial*"))  # nothing half-written
 
 
-def test_start_that_fails_validation_writes_nothing(tiny_prior_dirs, tmp_path):
+def test_start_that_fails_validation_writes_nothing(tiny_sets, tmp_path):
     result = runner.invoke(app, ["generate", "a cube", "--out", str(tmp_path), "--init", str(tmp_path / "none.ply"),
-                                 *tiny_sets(tiny_prior_dirs["pixel"])])
+                                 *tiny_sets("pixel")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not (tmp_path / run_name("a cube", 0)).exists()  # no stub folder blocks the corrected rerun
-    ok = runner.invoke(app, ["generate", "a cube", "--out", str(tmp_path), *tiny_sets(tiny_prior_dirs["pixel"])])
+    ok = runner.invoke(app, ["generate", "a cube", "--out", str(tmp_path), *tiny_sets("pixel")])
     assert ok.exit_code == 0, ok.output
 
 
@@ -152,10 +140,10 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_rejected_resume_and_failed_overwrite(tiny_prior_dirs, tmp_path, monkeypatch):
+def test_rejected_resume_and_failed_overwrite(tiny_sets, tmp_path, monkeypatch):
     import lodsgs.generate as gen
 
-    args = ["generate", "a cube", "--out", str(tmp_path), *tiny_sets(tiny_prior_dirs["pixel"])]
+    args = ["generate", "a cube", "--out", str(tmp_path), *tiny_sets("pixel")]
     assert runner.invoke(app, args).exit_code == 0
     run = tmp_path / run_name("a cube", 0)
     before = snapshot(run)
@@ -167,7 +155,7 @@ def test_rejected_resume_and_failed_overwrite(tiny_prior_dirs, tmp_path, monkeyp
         raise RuntimeError("simulated crash mid-run")
     monkeypatch.setattr(gen, "train_step", boom)
     with pytest.raises(RuntimeError):
-        generate("a cube", build_config("sds", tiny_sets(tiny_prior_dirs["pixel"])[1::2]), tmp_path, overwrite=True,
+        generate("a cube", build_config("sds", tiny_sets("pixel")[1::2]), tmp_path, overwrite=True,
                  quiet=True)
     left = {p.name for p in run.iterdir()}
     assert "config.yaml" in left and not left & {"splats.ply", "splats.splat", "metrics.json", "turntable.gif",
@@ -175,10 +163,10 @@ def test_rejected_resume_and_failed_overwrite(tiny_prior_dirs, tmp_path, monkeyp
     assert "method: sds" in (run / "config.yaml").read_text()
 
 
-def test_batch_reruns_when_settings_change(tiny_prior_dirs, tmp_path):
+def test_batch_reruns_when_settings_change(tiny_sets, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cube\n")
-    base = ["batch", str(prompts), "--out", str(tmp_path / "b"), *tiny_sets(tiny_prior_dirs["pixel"])]
+    base = ["batch", str(prompts), "--out", str(tmp_path / "b"), *tiny_sets("pixel")]
     assert runner.invoke(app, base).exit_code == 0
     same = runner.invoke(app, base)
     assert "skip (done): a cube" in same.output
@@ -189,10 +177,10 @@ def test_batch_reruns_when_settings_change(tiny_prior_dirs, tmp_path):
     assert (metrics["method"], metrics["steps"]) == ("sds", 3)
 
 
-def test_batch_interrupt_names_no_missing_option(tiny_prior_dirs, tmp_path, sigint_at):
+def test_batch_interrupt_names_no_missing_option(tiny_sets, tmp_path, sigint_at):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cube\n")
     sigint_at(2)
     result = runner.invoke(app, ["batch", str(prompts), "--out", str(tmp_path / "b"),
-                                 *tiny_sets(tiny_prior_dirs["pixel"])])
+                                 *tiny_sets("pixel")])
     assert result.exit_code == 130 and "rerun the same command" in result.output and "--resume" not in result.output

@@ -26,6 +26,7 @@ def known_scene():
         return cams, render(truth, cams).rgb, held, render(truth, held).rgb
 
 
+@pytest.mark.slow
 def test_fit_recovers_a_known_scene():
     cams, images, held, held_images = known_scene()
     cfg = FitConfig()
@@ -45,6 +46,7 @@ def test_fit_recovers_a_known_scene():
           f"{seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic():
     cams, images, _, _ = known_scene()
     cfg = FitConfig(steps=12, densify=DensifyConfig(refine_start=4, refine_stop=12, refine_every=5,

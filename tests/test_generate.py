@@ -8,34 +8,21 @@ import torch
 from typer.testing import CliRunner
 
 from lodsgs.cli import app
-from lodsgs.config import load_config
 from lodsgs.generate import generate, run_name
 from lodsgs.splats.io import read_ply
 
 runner = CliRunner()
 
-TINY = ["run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_frames=4", "run.turntable_size=32",
-        "camera.width=32", "camera.height=32", "init.num=300", "densify.refine_start=2", "densify.refine_every=2",
-        "densify.refine_stop=5", "guidance.anneal_after_step=3"]
-
-
-def tiny_args(prior_dir, *extra):
-    out = ["--set", f"prior.model={prior_dir}"]
-    for s in TINY + list(extra):
-        out += ["--set", s]
-    return out
-
-
 @pytest.fixture
-def cfg_for(tiny_prior_dirs):
+def cfg_for(tiny_config):
     def make(method="lods-embedding", kind="latent", *extra):
-        return load_config("fast", [f"prior.model={tiny_prior_dirs[kind]}", f"guidance.method={method}", *TINY, *extra])
+        return tiny_config(kind, f"guidance.method={method}", *extra)
     return make
 
 
-def test_cli_generate_writes_every_output(tiny_prior_dirs, tmp_path):
+def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), "--quiet", "--seed", "1",
-                                 *tiny_args(tiny_prior_dirs["latent"])])
+                                 *tiny_sets("latent")])
     assert result.exit_code == 0, result.output
     run = tmp_path / run_name("a corgi", 1)
     for name in ["splats.ply", "splats.splat", "splats.spz", "turntable.gif", "preview.png", "config.yaml",
@@ -50,7 +37,7 @@ def test_cli_generate_writes_every_output(tiny_prior_dirs, tmp_path):
     assert info.exit_code == 0 and '"steps": 6' in info.output
 
 
-@pytest.mark.parametrize("method", ["sds", "lods-embedding", "lods-lora"])
+@pytest.mark.parametrize("method", ["sds", "lods-embedding", pytest.param("lods-lora", marks=pytest.mark.slow)])
 def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)
     full = generate("a red cube", cfg, tmp_path / "full", quiet=True)
@@ -70,7 +57,7 @@ def test_same_seed_same_result_on_cpu(cfg_for, tmp_path):
     assert torch.equal(a.params["means"], b.params["means"]) and torch.equal(a.params["sh0"], b.params["sh0"])
 
 
-def test_batch_isolates_failures_resumes_and_shards(tiny_prior_dirs, tmp_path, monkeypatch):
+def test_batch_isolates_failures_resumes_and_shards(tiny_sets, tmp_path, monkeypatch):
     import lodsgs.generate as gen
 
     prompts = tmp_path / "prompts.txt"
@@ -84,7 +71,7 @@ def test_batch_isolates_failures_resumes_and_shards(tiny_prior_dirs, tmp_path, m
 
     monkeypatch.setattr(gen, "generate", flaky)
     out = tmp_path / "batch"
-    args = ["batch", str(prompts), "--out", str(out), *tiny_args(tiny_prior_dirs["pixel"])]
+    args = ["batch", str(prompts), "--out", str(out), *tiny_sets("pixel")]
     first = runner.invoke(app, args)
     assert first.exit_code == 1, first.output  # one failed
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -107,24 +94,24 @@ def test_batch_isolates_failures_resumes_and_shards(tiny_prior_dirs, tmp_path, m
     (["generate", "a cube", "--device", "tpu"], "one of 'auto', 'cpu', 'cuda'"),
     (["export", "missing.ply"], "missing.ply"),
 ])
-def test_bad_input_gives_one_line_and_exit_code(tiny_prior_dirs, tmp_path, args, message):
+def test_bad_input_gives_one_line_and_exit_code(tiny_sets, tmp_path, args, message):
     if args[-1] == "cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    full = args + (["--out", str(tmp_path)] + tiny_args(tiny_prior_dirs["pixel"]) if args[0] == "generate" else [])
+    full = args + (["--out", str(tmp_path)] + tiny_sets("pixel") if args[0] == "generate" else [])
     result = runner.invoke(app, full)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
 
 
-def test_unwritable_output_folder(tiny_prior_dirs, tmp_path):
+def test_unwritable_output_folder(tiny_sets, tmp_path):
     if os.geteuid() == 0:
         target = "/proc/lodsgs-cannot-write"  # root ignores permissions; /proc refuses new folders
     else:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         target = str(locked / "sub")
-    result = runner.invoke(app, ["generate", "a cube", "--out", target, *tiny_args(tiny_prior_dirs["pixel"])])
+    result = runner.invoke(app, ["generate", "a cube", "--out", target, *tiny_sets("pixel")])
     assert result.exit_code == 2 and "cannot write to output folder" in result.output
 
 
@@ -143,6 +130,7 @@ def test_flat_start_colour(cfg_for):
     assert init_splats(cfg_for("sds")).rgb.std(0).min() > 0.1  # the default start stays random
 
 
+@pytest.mark.slow
 def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
     """init.kind=sample on a VAE prior: DDIM in latent space, decoded, lifted; seeded by run.seed."""
     from lodsgs.generate import init_splats, load_prior
@@ -161,8 +149,8 @@ def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
     assert init_splats(cfg, "a corgi", prior).num == cfg.init.num
 
 
-def test_set_value_that_is_not_yaml_is_one_line(tiny_prior_dirs, tmp_path):
-    result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), *tiny_args(tiny_prior_dirs["latent"]),
+def test_set_value_that_is_not_yaml_is_one_line(tiny_sets, tmp_path):
+    result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), *tiny_sets("latent"),
                                  "--set", "camera.width=[64"])
     assert result.exit_code == 2 and "not valid YAML" in result.output and "Traceback" not in result.output
 

@@ -3,14 +3,15 @@ reports are written."""
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import gpu_check
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_its_cpu_parts_and_writes_reports(tmp_path):
     if torch.cuda.is_available():
-        import pytest
         pytest.skip("a GPU is present: run `make gpu-check` itself")
     report = gpu_check.main(["--out", str(tmp_path), "--skip-sd"])
     checks = report["checks"]

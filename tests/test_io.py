@@ -119,7 +119,18 @@ def test_sh_sign_flips_match_the_rotation():
         wrong = flipped["shN"].clone()
         wrong[:, i] *= -1
         assert not torch.allclose(a, _spherical_harmonics(3, rot, torch.cat([flipped["sh0"], wrong], 1)), atol=1e-3)
-    assert SH_FLIP.tolist() == [-1, -1, 1] + [-1, 1, 1, -1, 1] + [-1, 1, -1, -1, 1, -1, 1]
+
+def test_sh_flip_is_each_basis_parity_under_the_rotation():
+    """SH_FLIP[i] = Y_i(x, -y, -z) / Y_i(x, y, z) for gsplat's own basis functions (not a copied table)."""
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    rot = dirs * torch.tensor([1.0, -1.0, -1.0])
+    for i in range(1, 16):
+        onehot = torch.zeros(64, 16, 3)
+        onehot[:, i] = 1.0
+        y, y_rot = _spherical_harmonics(3, dirs, onehot)[:, 0], _spherical_harmonics(3, rot, onehot)[:, 0]
+        sign = float(torch.sign((y * y_rot).sum()))
+        assert torch.allclose(y_rot, sign * y, atol=1e-5), i  # every basis is even or odd under the turn
+        assert SH_FLIP[i - 1].item() == sign, f"basis {i}: SH_FLIP says {SH_FLIP[i - 1].item():+g}, gsplat {sign:+g}"
 
 
 def test_flipped_scene_renders_like_the_original_from_the_flipped_camera():

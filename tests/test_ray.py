@@ -1,14 +1,15 @@
 """`lodsgs batch --ray` on a local Ray (2 CPUs) with the shapes prior and a few steps: failures isolated, a
-killed worker retried from its checkpoint, reruns skip, results match the local batch."""
+killed worker retried from its checkpoint, reruns skip, results match the local batch. A two-node cluster is
+in test_ray_cluster.py."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
+from raytools import SHORT, freeze_mid_prompt, manifest, sets, wait_for
 from typer.testing import CliRunner
 
 from lodsgs.batch import run_batch
@@ -19,8 +20,6 @@ from lodsgs.splats.io import read_ply
 
 ray = pytest.importorskip("ray")
 runner = CliRunner()
-SHORT = ["prior.model=shapes", "run.steps=8", "run.checkpoint_every=4", "run.turntable_frames=4",
-         "run.turntable_size=32", "init.num=300", "run.spz=false"]
 
 
 def test_unreachable_cluster_is_one_line(tmp_path):
@@ -37,15 +36,12 @@ def local_ray():
     ray.shutdown()
 
 
-def manifest(out) -> dict[str, dict]:
-    return {r["prompt"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
-
-
+@pytest.mark.slow
 def test_ray_batch_isolates_bad_prompts_skips_done_and_matches_local(local_ray, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na purple dragon\na blue torus\na red cube\n")
     out = tmp_path / "ray"
-    args = ["batch", str(prompts), "--out", str(out), "--ray", "local", *sum((["--set", s] for s in SHORT), [])]
+    args = ["batch", str(prompts), "--out", str(out), "--ray", "local", *sets(SHORT)]
     first = runner.invoke(app, args)
     assert first.exit_code == 1, first.output  # one prompt failed
     m = manifest(out)
@@ -64,6 +60,7 @@ def test_ray_batch_isolates_bad_prompts_skips_done_and_matches_local(local_ray, 
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # float rounding only: 1 thread a worker vs 2
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_from_its_checkpoint(local_ray, tmp_path):
     import psutil
 
@@ -75,20 +72,15 @@ def test_killed_worker_is_retried_from_its_checkpoint(local_ray, tmp_path):
     thread = threading.Thread(target=lambda: result.update(r=run_batch_ray(["a green cone"], cfg, out, "local",
                                                                            0, 1, 2, log=print, progress=False)))
     thread.start()
-    ckpt = out / run_name("a green cone", 0) / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert ckpt.exists(), "no checkpoint appeared"
-    workers = [p for p in psutil.process_iter(["cmdline"]) if "PromptWorker" in " ".join(p.info["cmdline"] or [])]
-    assert workers, "no PromptWorker process found"
-    for p in workers:
-        p.kill()  # as the OOM killer or a lost node would
+    worker, run_dir = freeze_mid_prompt(psutil.Process(), timeout_s=300)  # ray.init started Ray under this process
+    assert run_dir.name == run_name("a green cone", 0)
+    worker.kill()  # as the OOM killer or a lost node would; frozen until now, so it had not finished
     thread.join(timeout=300)
+    assert not thread.is_alive(), "the batch did not finish within 300 s of the kill"
     assert result["r"].done == 1 and result["r"].failed == 0
     record = manifest(out)["a green cone"]
     assert record["status"] == "done" and record["resumed"] is True
-    assert json.loads((out / run_name("a green cone", 0) / "metrics.json").read_text())["steps"] == 60
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 60
 
 
 def test_ray_flag_without_address_means_local():
@@ -98,6 +90,7 @@ def test_ray_flag_without_address_means_local():
     assert optional_ray_address(["batch", "p.txt", "--ray", "10.0.0.1:6379"])[-1] == "10.0.0.1:6379"
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_driver_checkpoints_running_prompts(tmp_path):
     """A real SIGINT to `lodsgs batch --ray`: exit 130, and the running prompt saved a checkpoint though its
     periodic one was far away."""
@@ -110,19 +103,16 @@ def test_ctrl_c_on_the_driver_checkpoints_running_prompts(tmp_path):
 
     (tmp_path / "p.txt").write_text("a red cube\n")
     out = tmp_path / "out"
-    sets = [*SHORT, "run.steps=5000", "run.checkpoint_every=4000", "run.log_every=5"]
+    settings = [*SHORT, "run.steps=5000", "run.checkpoint_every=4000", "run.log_every=5"]
     cmd = [sys.executable, "-m", "lodsgs", "batch", str(tmp_path / "p.txt"), "--ray", "--out", str(out),
-           *sum((["--set", s] for s in sets), [])]
+           *sets(settings)]
     # a shell's background job starts with SIGINT ignored, which its children inherit: restore the default
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / run_name("a red cube", 0) / "log.jsonl"
     try:
-        deadline = time.time() + 180
-        while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
-            time.sleep(0.5)
-        assert log.exists() and len(log.read_text().splitlines()) >= 2, "the prompt never started running"
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 180, "the prompt to start running")
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:

@@ -7,7 +7,6 @@ import pytest
 from typer.testing import CliRunner
 
 from lodsgs.cli import app
-from lodsgs.config import load_config
 from lodsgs.generate import Interrupted, generate
 from lodsgs.runlog import format_summary, read_records, summarize
 
@@ -15,13 +14,6 @@ runner = CliRunner()
 PROMPT = "a red cube"
 KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap", "alpha_shift", "alpha_cos", "lora_b_norm",
         "grown", "pruned", "gaussians", "lr", "seconds"}
-TINY = ["run.steps=6", "run.batch=2", "run.turntable_frames=4", "run.turntable_size=32", "camera.width=32",
-        "camera.height=32", "init.num=200", "densify.refine_start=2", "densify.refine_every=2",
-        "densify.refine_stop=5", "guidance.anneal_after_step=3"]
-
-
-def tiny_cfg(prior_dir, *extra):
-    return load_config("fast", [f"prior.model={prior_dir}", *TINY, *extra])
 
 
 def without_seconds(records):
@@ -29,8 +21,8 @@ def without_seconds(records):
 
 
 @pytest.fixture(scope="module")
-def logged_run(tiny_prior_dirs, tmp_path_factory):
-    cfg = tiny_cfg(tiny_prior_dirs["pixel"], "run.log_every=2", "run.preview_every=3")
+def logged_run(tiny_config, tmp_path_factory):
+    cfg = tiny_config("pixel", "run.log_every=2", "run.preview_every=3")
     return generate(PROMPT, cfg, tmp_path_factory.mktemp("logged"), quiet=True)
 
 
@@ -53,8 +45,8 @@ def test_generate_writes_log_and_previews(logged_run):
     assert imageio.imread(logged_run / "progress" / "step_0006.png").shape == (32, 4 * 32, 3)
 
 
-def test_overwrite_starts_a_fresh_log(tiny_prior_dirs, tmp_path):
-    cfg = tiny_cfg(tiny_prior_dirs["pixel"], "run.steps=2", "run.log_every=1", "run.preview_every=1")
+def test_overwrite_starts_a_fresh_log(tiny_config, tmp_path):
+    cfg = tiny_config("pixel", "run.steps=2", "run.log_every=1", "run.preview_every=1")
     run = generate(PROMPT, cfg, tmp_path, quiet=True)
     cfg.run.preview_every = 0
     generate(PROMPT, cfg, tmp_path, quiet=True, overwrite=True)
@@ -62,8 +54,8 @@ def test_overwrite_starts_a_fresh_log(tiny_prior_dirs, tmp_path):
     assert not (run / "progress").exists()
 
 
-def test_resume_continues_the_log_without_duplicates(tiny_prior_dirs, tmp_path, sigint_at):
-    cfg = tiny_cfg(tiny_prior_dirs["pixel"], "run.log_every=1", "run.checkpoint_every=3")
+def test_resume_continues_the_log_without_duplicates(tiny_config, tmp_path, sigint_at):
+    cfg = tiny_config("pixel", "run.log_every=1", "run.checkpoint_every=3")
     full = read_records(generate(PROMPT, cfg, tmp_path / "full", quiet=True) / "log.jsonl")
     sigint_at(4)
     with pytest.raises(Interrupted, match="interrupted at step 4"):

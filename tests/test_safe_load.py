@@ -2,6 +2,8 @@
 code when unpickled is refused in one line, and the code never runs."""
 
 import os
+import pickletools
+import zipfile
 
 import pytest
 import torch
@@ -12,8 +14,6 @@ from lodsgs.errors import LodsgsError
 from lodsgs.files import safe_load
 from lodsgs.generate import run_name
 from lodsgs.view import checkpoint_splats
-
-TINY = ["run.steps=4", "run.batch=2", "camera.width=16", "camera.height=16", "init.num=100"]
 
 
 class WritesMarker:
@@ -33,15 +33,21 @@ def evil_checkpoint(path, marker) -> None:
 
 
 def test_the_pickle_would_run_code_if_loaded_unsafely(tmp_path):
+    """The premise, without unpickling: the file's pickle calls os.makedirs, and that call makes the marker."""
     evil_checkpoint(tmp_path / "x.pt", tmp_path / "marker")
-    torch.load(tmp_path / "x.pt", weights_only=False)  # the test's own premise: unsafe loading runs it
+    with zipfile.ZipFile(tmp_path / "x.pt") as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    strings = [str(arg) for _, arg, _ in pickletools.genops(data)]
+    assert any("makedirs" in s for s in strings) and "REDUCE" in [op.name for op, _, _ in pickletools.genops(data)]
+    call, args = WritesMarker(str(tmp_path / "marker")).__reduce__()
+    call(*args)
     assert (tmp_path / "marker").exists()
 
 
-def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_prior_dirs, tmp_path):
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_sets, tmp_path):
     marker = tmp_path / "marker"
     evil_checkpoint(tmp_path / run_name("a cube", 0) / "checkpoints" / "last.pt", marker)
-    sets = [x for s in [f"prior.model={tiny_prior_dirs['pixel']}", *TINY] for x in ("--set", s)]
+    sets = tiny_sets("pixel")
     result = CliRunner().invoke(app, ["generate", "a cube", "--resume", "--out", str(tmp_path), *sets])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

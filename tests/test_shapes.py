@@ -167,19 +167,41 @@ def test_prior_sanity_command_reports_each_caption(tmp_path):
     assert bad.exit_code == 2 and "not shapes-world captions" in bad.output and "Traceback" not in bad.output
 
 
-def test_training_command_exports_a_loadable_prior_and_resumes(tmp_path):
+@pytest.mark.slow
+def test_training_by_steps_is_reproducible_exports_and_resumes(tmp_path):
     from lodsgs.prior.shapes import train
 
-    out, work = tmp_path / "prior", tmp_path / "work"
-    args = ["--out", str(out), "--work", str(work), "--views", "1", "--batch", "2", "--minutes", "0.05"]
-    train.main(args)
-    first = torch.load(work / "checkpoint.pt", weights_only=True)
-    assert first["step"] > 0
-    prior = DiffusionPrior.from_pretrained(str(out))
+    def run(folder, steps: int, *extra: str) -> dict:
+        train.main(["--out", str(folder / "prior"), "--work", str(folder / "work"), "--views", "1", "--batch", "2",
+                    "--steps", str(steps), *extra])
+        return torch.load(folder / "work" / "checkpoint.pt", weights_only=True)
+
+    a, b = run(tmp_path / "a", 3), run(tmp_path / "b", 3)
+    assert a["step"] == b["step"] == 3
+    assert a["opt"]["param_groups"][0]["lr"] == train.learning_rate(4e-4, 2, 2 / 3)  # the last step's, by step
+    assert all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])  # same arguments, same weights
+    assert not all(torch.equal(a["unet"][k], a["ema_unet"][k]) for k in a["unet"])  # it did train
+    prior = DiffusionPrior.from_pretrained(str(tmp_path / "a" / "prior"))
     assert prior.vae is None and prior.unet.config.sample_size == 32
-    train.main(args[:-1] + ["0.1", "--resume"])  # a larger total budget continues from the checkpoint
-    second = torch.load(work / "checkpoint.pt", weights_only=True)
-    assert second["step"] > first["step"] and second["elapsed"] > first["elapsed"]
+    assert run(tmp_path / "a", 5, "--resume")["step"] == 5  # a resume continues to the new total
+
+
+def test_learning_rate_schedule_is_by_step():
+    from lodsgs.prior.shapes.train import learning_rate
+
+    assert learning_rate(1.0, 0, 0.0) == pytest.approx(1 / 200)  # warm-up
+    assert learning_rate(1.0, 199, 0.0) == pytest.approx(1.0)
+    assert learning_rate(1.0, 1000, 0.5) == pytest.approx(0.55)  # half-way down the cosine
+    assert learning_rate(1.0, 7000, 1.0) == pytest.approx(0.1)
+
+
+def test_train_shapes_refuses_bad_budgets_in_one_line():
+    from typer.testing import CliRunner
+
+    from lodsgs.cli import app
+    for bad in (["--steps", "0"], ["--minutes", "-1"]):
+        result = CliRunner().invoke(app, ["prior", "train-shapes", *bad])
+        assert result.exit_code == 2 and "--steps and --batch must be >= 1" in result.output, result.output
 
 
 def test_warm_start_keeps_the_old_token_rows_when_the_vocabulary_grew(tmp_path):

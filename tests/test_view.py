@@ -11,10 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from lodsgs.cli import app
-from lodsgs.config import load_config
 from lodsgs.errors import LodsgsError
 from lodsgs.generate import generate
-from lodsgs.splats.io import load_splats, write_ply
+from lodsgs.splats.io import flip_yz, load_splats, write_ply
 from lodsgs.splats.model import Splats
 from lodsgs.splats.spz import encode_spz, read_spz, write_spz
 from lodsgs.view import LiveView, Viewer, load_target
@@ -29,6 +28,7 @@ def random_splats(n: int = 400, degree: int = 1, seed: int = 0) -> Splats:
     s.params["scales"].data = torch.rand(n, 3, generator=g) * 5 - 6
     s.params["opacities"].data = torch.rand(n, generator=g) * 8 - 4
     s.params["sh0"].data = torch.rand(n, 1, 3, generator=g) * 3 - 1.5
+    s.params["quats"].data = torch.randn(n, 4, generator=g) * 2  # unnormalized, every orientation
     return s
 
 
@@ -43,11 +43,51 @@ def test_spz_round_trip_within_stated_error(tmp_path):
     assert (s.rgb - r.rgb).abs().max() <= 0.0037
     assert err["shN"] <= 1 / 256 + 1e-5
     assert (torch.sigmoid(s.params["opacities"]) - torch.sigmoid(r.params["opacities"])).abs().max() <= 1 / 510 + 1e-5
-    q = torch.nn.functional.normalize(s.params["quats"], dim=-1)
-    dq = torch.minimum((q - r.params["quats"]).abs().amax(-1), (q + r.params["quats"]).abs().amax(-1))
-    assert dq.max() <= 0.01  # x, y, z within 1/255 each, w rebuilt from them
+    err_xyz, err_w = quaternion_errors(s, r)
+    assert err_xyz.max() <= 1 / 255 + 1e-6 and err_w.max() <= W_BOUND
     write_ply(s, tmp_path / "a.ply")
     assert (tmp_path / "a.spz").stat().st_size < 0.25 * (tmp_path / "a.ply").stat().st_size  # even random data
+
+
+# the file stores x, y, z of the unit quaternion (w >= 0) at round(127.5·c + 127.5), so each is off by at most half a
+# step, 1/255; w is rebuilt as sqrt(1 − x² − y² − z²), whose error |x|² − |x'|² ≤ 2·√3·(1/255) + 3/255² reaches
+# sqrt of that near w = 0 (the rebuilt w clips at 0): ≈ 0.117
+W_BOUND = (2 * 3**0.5 / 255 + 3 / 255**2) ** 0.5
+
+
+def quaternion_errors(original: Splats, decoded: Splats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per Gaussian: the largest x/y/z error and the w error, in the file's frame, up to the quaternion's sign."""
+    def in_file(s: Splats) -> torch.Tensor:
+        return flip_yz({k: v.detach() for k, v in s.params.items()})["quats"]
+    a, b = torch.nn.functional.normalize(in_file(original), dim=-1), in_file(decoded)
+    a = a * torch.where(a[:, :1] < 0, -1.0, 1.0)  # the file keeps w >= 0
+    return (a[:, 1:] - b[:, 1:]).abs().amax(-1), (a[:, 0] - b[:, 0]).abs()
+
+
+def test_spz_quaternion_bound_is_tight(tmp_path):
+    """A quaternion whose x, y, z bytes sit just past half a step (195.5, 200.5, 205.5) and whose w is just
+    above 0 after rounding up: its w comes back 0.116 off, near W_BOUND; no random quaternion gets there."""
+    xyz = (torch.tensor([195.5, 200.5, 205.5], dtype=torch.float64) + 1e-4) / 127.5 - 1
+    w = (1 - xyz.square().sum()).sqrt()
+    wf, xf, yf, zf = w.item(), *xyz.tolist()
+    quats = torch.tensor([[xf, -wf, zf, -yf], [1.0, 0.0, 0.0, 0.0]])  # world quaternion of file (w, x, y, z)
+    s = Splats({"means": torch.zeros(2, 3), "scales": torch.zeros(2, 3), "opacities": torch.zeros(2), "quats": quats,
+                "sh0": torch.zeros(2, 1, 3)})
+    write_spz(s, tmp_path / "q.spz")
+    err_xyz, err_w = quaternion_errors(s, read_spz(tmp_path / "q.spz"))
+    assert err_xyz.max() <= 1 / 255 + 1e-6
+    assert 0.115 < err_w[0] <= W_BOUND and err_w[1] < 1e-6, err_w
+
+
+@pytest.mark.parametrize("degree, ply_bytes, spz_bytes", [(0, 68, 19), (3, 248, 19 + 45)])
+def test_bytes_a_gaussian_in_each_file(tmp_path, degree, ply_bytes, spz_bytes):
+    """.ply: 17 float32 (position, normal, DC colour, opacity, scale, rotation) + 45 at SH degree 3; .spz before
+    gzip: 9 position + 1 alpha + 3 colour + 3 scale + 3 rotation bytes + 1 byte a higher SH coefficient."""
+    s = random_splats(n=100, degree=degree)
+    write_ply(s, tmp_path / "a.ply")
+    data = (tmp_path / "a.ply").read_bytes()
+    assert len(data) - (data.index(b"end_header\n") + len(b"end_header\n")) == 100 * ply_bytes
+    assert len(gzip.decompress(encode_spz(s))) == 16 + 100 * spz_bytes
 
 
 def test_spz_header_is_version_2_and_bytes_are_stable():
@@ -99,10 +139,8 @@ def test_export_cli_converts_between_every_format(tmp_path):
 
 
 @pytest.fixture
-def tiny_cfg(tiny_prior_dirs):
-    from test_generate import TINY
-    return load_config("fast", [f"prior.model={tiny_prior_dirs['latent']}", *TINY, "run.view_every=2",
-                                "run.checkpoint_every=2", "run.keep_checkpoints=true"])
+def tiny_cfg(tiny_config):
+    return tiny_config("latent", "run.view_every=2", "run.checkpoint_every=2", "run.keep_checkpoints=true")
 
 
 def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):

@@ -9,7 +9,8 @@ log-scales (3 B, (s + 10)·16), rotations (3 B: x, y, z of the unit quaternion w
 
 Round-trip error (decode(encode(x)) - x), from the quantization steps: position ≤ 2^-13 ≈ 1.2e-4 world
 units (|x| < 2048), opacity ≤ 1/510 after the sigmoid, colour ≤ 0.0037 in rgb, log-scale ≤ 1/32 (3% of
-the scale, log-scale in [-10, 5.9]), quaternion x/y/z ≤ 1/255 each, SH bands ≤ 1/256 (|c| < 1).
+the scale, log-scale in [-10, 5.9]), quaternion x/y/z ≤ 1/255 each and w, rebuilt from them, ≤
+√(2√3/255 + 3/255²) ≈ 0.117 (reached only near w = 0: turns of about 180°), SH bands ≤ 1/256 (|c| < 1).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Train the shapes prior: a pixel-space text-conditioned UNet + small CLIP text encoder, from scratch.
 
-``python -m lodsgs.prior.shapes.train --out DIR --minutes 60 [--resume] [--init WEIGHTS]``: seeded,
-resumable (checkpoint every few minutes), bounded by wall-clock time, and saved in the diffusers folder layout that
-``DiffusionPrior`` loads exactly like Stable Diffusion (no ``vae/``: the pixel-space path).
+``python -m lodsgs.prior.shapes.train --out DIR --steps 7000 [--resume] [--init WEIGHTS]``: seeded, with the
+learning-rate schedule by step, so the same arguments give the same weights on the same machine and build;
+resumable (checkpoint every few minutes); saved in the diffusers folder layout that ``DiffusionPrior`` loads
+exactly like Stable Diffusion (no ``vae/``: the pixel-space path). ``--minutes M`` instead trains for a
+wall-clock budget with the schedule by elapsed time: NOT reproducible (the step count follows the machine).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def training_caption(caption: str, r: torch.Tensor, underspecified: float) -> st
     return f"a {shape}" if r[1] < 0.5 else f"{world.article(color)} {color} shape"
 
 
+def learning_rate(base: float, step: int, progress: float) -> float:
+    """200 steps of linear warm-up, then a cosine from ``base`` down to 0.1·base as ``progress`` goes 0 -> 1."""
+    return base * min(1.0, (step + 1) / 200) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
 def load_weights(init: Path, unet: UNet2DConditionModel, text: CLIPTextModel) -> None:
     """Warm-start from an exported folder; a vocabulary that grew since keeps the old token rows and the fresh
     initialization of the new ones (world.EXTRA_WORDS are appended, so old ids are unchanged)."""
@@ -102,7 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="final diffusers folder")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints and dataset cache (default: OUT/.work)")
-    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--steps", type=int, default=7000,
+                    help="optimizer steps in all (a resume continues to this total); the learning-rate schedule "
+                         "follows the step, so a run is reproducible")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="NOT reproducible: train for this wall-clock budget instead of --steps, the schedule "
+                         "following elapsed time (the step count depends on the machine's speed)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--seed", type=int, default=0)
@@ -143,51 +155,60 @@ def main(argv: list[str] | None = None) -> None:
         ema[0].load_state_dict(ck["ema_unet"]), ema[1].load_state_dict(ck["ema_text"])
         g.set_state(ck["rng"]), torch.set_rng_state(ck["torch_rng"])
         step, elapsed = ck["step"], ck["elapsed"]
-    budget = args.minutes * 60
+    budget = args.minutes * 60 if args.minutes is not None else None
     start, last_save, loss_avg = time.time() - elapsed, time.time(), None
+
+    def progress() -> float:
+        return (time.time() - start) / budget if budget is not None else step / args.steps
+
     with Progress() as bar:
-        task = bar.add_task("shapes prior", total=budget, completed=elapsed)
-        while time.time() - start < budget:
-            frac = (time.time() - start) / budget
-            lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        task = bar.add_task("shapes prior", total=1.0, completed=progress())
+        while progress() < 1.0:
+            lr = learning_rate(args.lr, step, progress())
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(0, len(images), (args.batch,), generator=g)
-            x0 = images[idx]
-            texts = []
-            for i in idx.tolist():
-                r = torch.rand(4, generator=g)
-                caption = training_caption(data["captions"][int(data["caption_ids"][i])], r[2:], args.underspecified)
-                texts.append("" if r[0] < CAPTION_DROPOUT else caption_text(caption, data["labels"][i],
-                                                                               bool(r[1] < VIEW_SUFFIX_PROB)))
-            t = torch.randint(0, 1000, (args.batch,), generator=g)
-            noise = torch.randn(x0.shape, generator=g)
-            a = alphas[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            pred = unet(xt, t, encode(tokenizer, text, texts)).sample
-            err = (pred - noise).pow(2).mean((1, 2, 3))
-            if args.weighting == "v":
-                err = err * (1 / a.view(-1)).clamp(max=V_WEIGHT_CAP)
-            loss = err.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            loss = train_step(unet, text, tokenizer, opt, params, images, data, alphas, g, args)
             step += 1
             decay = min(0.999, (1 + step) / (10 + step))
             with torch.no_grad():
                 for live, avg in zip((unet, text), ema):
                     for p, q in zip(live.parameters(), avg.parameters()):
                         q.lerp_(p, 1 - decay)
-            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-            bar.update(task, completed=time.time() - start,
+            loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+            bar.update(task, completed=progress(),
                        description=f"shapes prior step {step} loss {loss_avg:.4f} lr {lr:.1e}")
             if time.time() - last_save > 180:
                 save(ckpt, unet, text, ema, opt, g, step, time.time() - start)
                 last_save = time.time()
     save(ckpt, unet, text, ema, opt, g, step, time.time() - start)
     export(args.out, ema[0], ema[1], tokenizer, sched)
-    print(f"trained {step} steps in {(time.time() - start) / 60:.1f} min, loss {loss_avg:.4f}; wrote {args.out}")
+    loss_text = f"loss {loss_avg:.4f}" if loss_avg is not None else "no step taken"
+    print(f"trained {step} steps in {(time.time() - start) / 60:.1f} min, {loss_text}; wrote {args.out}")
+
+
+def train_step(unet, text, tokenizer, opt, params, images, data, alphas, g, args) -> float:
+    """One AdamW step on a batch of the dataset's images and (dropped-out, view-suffixed) captions; the loss."""
+    idx = torch.randint(0, len(images), (args.batch,), generator=g)
+    x0 = images[idx]
+    texts = []
+    for i in idx.tolist():
+        r = torch.rand(4, generator=g)
+        caption = training_caption(data["captions"][int(data["caption_ids"][i])], r[2:], args.underspecified)
+        texts.append("" if r[0] < CAPTION_DROPOUT else caption_text(caption, data["labels"][i],
+                                                                       bool(r[1] < VIEW_SUFFIX_PROB)))
+    t = torch.randint(0, 1000, (args.batch,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    a = alphas[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encode(tokenizer, text, texts)).sample
+    err = (pred - noise).pow(2).mean((1, 2, 3))
+    if args.weighting == "v":
+        err = err * (1 / a.view(-1)).clamp(max=V_WEIGHT_CAP)
+    loss = err.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
 
 
 def save(path: Path, unet, text, ema, opt, g, step: int, elapsed: float) -> None:
