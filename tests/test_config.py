@@ -1,5 +1,8 @@
 """Config: presets load, overrides are typed, unknown keys and bad values are errors that name them."""
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -14,6 +17,16 @@ def test_every_preset_loads():
     assert methods["lods_embedding"] == "lods-embedding"
     assert methods["lods_lora"] == "lods-lora"
     assert methods["sds"] == "sds"
+
+
+def test_reading_a_config_imports_no_torch():
+    """The config's dataclasses live in config.py, so `import lodsgs.config` loads no torch, diffusers or gsplat."""
+    heavy = ("torch", "diffusers", "gsplat", "transformers")
+    code = ("import lodsgs.config, sys; "
+            f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r}); "
+            "assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_default_is_lods_embedding_with_paper_settings():

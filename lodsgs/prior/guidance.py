@@ -20,12 +20,12 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lodsgs.config import GuidanceConfig
 from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.fused import guidance_loss
@@ -35,26 +35,6 @@ PRIOR_LOSS_SCALE = 2.0**12  # fp16 UNets only: lifts ~1e-5 per-element gradients
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, self- and cross-attention
 ADAPTER = "lods"
 ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods_gs.py)
-
-
-@dataclass
-class GuidanceConfig:
-    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's."""
-
-    method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
-    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
-    negative_prompt: str = ""  # unconditional branch; α's initial value and LoRA's condition (presets choose)
-    view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
-    min_step_percent: float = 0.02  # t_min = 0.02·T
-    max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
-    anneal: Literal["step", "linear"] = "step"  # step: LODS-3DGS's drop; linear: DreamGaussian's ramp
-    anneal_after_step: int = 500  # step: t_max drops after this step (0.98 -> 0.55); linear: reaches it here
-    max_step_percent_after: float = 0.55
-    embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
-    lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
-    lora_rank: int = 4
-    lora_scale: float = 0.5  # LoRA weight on the unconditional branch (and in its training)
-    prior_loss_weight: float = 1.0  # λ on the ε-MSE that trains α / ψ
 
 
 @dataclass
