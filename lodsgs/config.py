@@ -20,7 +20,10 @@ import yaml
 from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
 
-PRESET_DIR = Path(__file__).parent / "configs"
+# an installed package carries the presets in lodsgs/configs/ (setup.py copies them); a source checkout (editable
+# install) reads the top-level configs/ they are copied from
+_PACKAGED, _CHECKOUT = Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs"
+PRESET_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 DEFAULT_PRESET = "lods_embedding"
 
 
