@@ -1,6 +1,7 @@
-"""Ship the fused kernel's sources inside the package: the top-level ``cuda_ext/`` stays the one source of
-truth, and every build (wheel, sdist install) copies it to ``lodsgs/_cuda/``, where an installed lodsgs
-finds it and builds the kernel on first use. Everything else is declared in pyproject.toml."""
+"""Ship the fused kernel's sources and the presets inside the package: the top-level ``cuda_ext/`` and
+``configs/`` stay the one source of truth, and every build (wheel, sdist install) copies them to
+``lodsgs/_cuda/`` and ``lodsgs/configs/``, where an installed lodsgs finds them (it builds the kernel on first
+use; ``--config NAME`` reads the preset). Everything else is declared in pyproject.toml."""
 
 import shutil
 from pathlib import Path
@@ -14,10 +15,12 @@ ROOT = Path(__file__).resolve().parent
 class BuildPyWithKernel(build_py):
     def run(self) -> None:
         super().run()
-        target = Path(self.build_lib) / "lodsgs" / "_cuda"
-        target.mkdir(parents=True, exist_ok=True)
-        for source in (ROOT / "cuda_ext").glob("*.c*"):  # binding.cpp, guidance_kernel.cu
-            shutil.copy2(source, target / source.name)
+        for folder, pattern, target in (("cuda_ext", "*.c*", "_cuda"),  # binding.cpp, guidance_kernel.cu
+                                        ("configs", "*.yaml", "configs")):  # the presets
+            dest = Path(self.build_lib) / "lodsgs" / target
+            dest.mkdir(parents=True, exist_ok=True)
+            for source in (ROOT / folder).glob(pattern):
+                shutil.copy2(source, dest / source.name)
 
 
 setup(cmdclass={"build_py": BuildPyWithKernel})

@@ -1,7 +1,7 @@
 """Guidance step time split (text / VAE / UNet / fused / backward / other) on the tiny latent prior (CPU); the
 SD-2.1-sized step is ``benchmarks/bench_sd.py``.
 
-The split comes from ``Guidance.timings`` (CUDA-synchronized sections); backward is timed as one block:
+The split comes from ``benchmarks.sections.timed_sections`` (CUDA-synchronized calls); backward is timed as one block:
 it is the VAE encoder's backward plus, for LODS, the UNet's backward into α / ψ.
 """
 
@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from benchmarks.sections import timed_sections
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.guidance import Guidance, GuidanceConfig
 
@@ -28,20 +29,20 @@ def split(prior: DiffusionPrior, images: torch.Tensor, method: str, reps: int) -
     views = (["front", "side", "back", "side"] * len(images))[: len(images)]
     out = guidance(images, views, 0)  # warm-up: kernels, allocator, prompt cache
     (out.loss + out.prior_loss).backward()
-    guidance.timings = {}
     total = 0.0
-    for step in range(reps):
-        images.grad = None
-        sync()
-        start = time.perf_counter()
-        out = guidance(images, views, step)
-        mid = time.perf_counter()
-        (out.loss + out.prior_loss).backward()
-        sync()
-        end = time.perf_counter()
-        guidance.timings["backward"] = guidance.timings.get("backward", 0.0) + end - mid
-        total += end - start
-    return total / reps, {k: v / reps for k, v in guidance.timings.items()}
+    with timed_sections(guidance) as times:
+        for step in range(reps):
+            images.grad = None
+            sync()
+            start = time.perf_counter()
+            out = guidance(images, views, step)
+            mid = time.perf_counter()
+            (out.loss + out.prior_loss).backward()
+            sync()
+            end = time.perf_counter()
+            times["backward"] += end - mid
+            total += end - start
+    return total / reps, {k: v / reps for k, v in times.items()}
 
 
 def lines(label: str, total: float, parts: dict[str, float]) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.sections import timed_sections
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.guidance import Guidance, GuidanceConfig
 from lodsgs.prior.sd_random import parameter_counts
@@ -32,14 +33,14 @@ def peak_mb(device: torch.device) -> float:
 
 
 def step(prior: DiffusionPrior, images: torch.Tensor, method: str) -> dict[str, float]:
-    """One guidance step: per-section seconds (Guidance.timings) plus the two backward passes."""
+    """One guidance step: per-section seconds (benchmarks.sections) plus the two backward passes."""
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     guidance = Guidance(prior, GuidanceConfig(method=method), "a corgi")
-    guidance.timings = {}
     images.grad = None
     sync()
     start = time.perf_counter()
-    out = guidance(images, (["front", "side", "back", "side"] * len(images))[: len(images)], 0)
+    with timed_sections(guidance) as times:
+        out = guidance(images, (["front", "side", "back", "side"] * len(images))[: len(images)], 0)
     t0 = time.perf_counter()
     out.loss.backward()  # to the renders, through the VAE encoder
     sync()
@@ -48,7 +49,7 @@ def step(prior: DiffusionPrior, images: torch.Tensor, method: str) -> dict[str, 
         out.prior_loss.backward()  # to α / ψ, through the UNet
     sync()
     end = time.perf_counter()
-    return {**guidance.timings, "loss_backward": t1 - t0, "prior_backward": end - t1, "total": end - start,
+    return {**times, "loss_backward": t1 - t0, "prior_backward": end - t1, "total": end - start,
             "forward": t0 - start}
 
 

@@ -53,7 +53,7 @@ def run(quick: bool = False) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         def one(mode: str, view: LiveView | None) -> None:
             run_dir = generate("a red cube", cfg, Path(tmp) / f"{mode}{len(rates[mode])}", quiet=True,
-                               prior=prior, view=view)
+                               prior=prior, on_step=view)
             rates[mode].append(json.loads((run_dir / "metrics.json").read_text())["steps_per_second"])
 
         viewer = Viewer("127.0.0.1", _port(), cfg.camera)

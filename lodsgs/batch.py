@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lodsgs.config import Config
 from lodsgs.errors import LodsgsError
-from lodsgs.view import LiveView
+
+if TYPE_CHECKING:
+    from lodsgs.generate import StepReport
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -81,9 +85,10 @@ class BatchResult:
 
 
 def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print,
-              view: LiveView | None = None) -> BatchResult:
+              on_step: Callable[[StepReport], None] | None = None) -> BatchResult:
     """Generate every prompt not already done with these settings; one failure (even OOM) is recorded and the
-    rest go on. A prompt done with other settings (another config hash) is generated again."""
+    rest go on. A prompt done with other settings (another config hash) is generated again. ``on_step`` is passed
+    to every prompt's generate() (the CLI's live view)."""
     from lodsgs.config import config_hash
     from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
 
@@ -110,7 +115,7 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         try:
             resume = resumable(out / run_name(prompt, cfg.run.seed), cfg)  # an interrupted run of these settings
             run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
-                               view=view)
+                               on_step=on_step)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1
         except (KeyboardInterrupt, Interrupted):  # the user stopped the whole batch: rerun resumes it

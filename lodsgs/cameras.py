@@ -12,26 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-
-@dataclass
-class CameraConfig:
-    """Ranges for random orbit cameras (degrees and world units); defaults follow the official 3DGS config
-    (yangxiaofeng/LODS configs/lods-gs-embedding.yaml)."""
-
-    elevation: tuple[float, float] = (-10.0, 45.0)
-    azimuth: tuple[float, float] = (-180.0, 180.0)
-    radius: tuple[float, float] = (2.5, 4.0)
-    fovy: tuple[float, float] = (40.0, 70.0)
-    width: int = 64
-    height: int = 64
-    jitter: float = 0.0  # std of a random offset of the look-at target, world units
-    front_threshold: float = 45.0  # |azimuth| below this is "front"
-    back_threshold: float = 45.0  # |azimuth| above 180 - this is "back"
-    overhead_threshold: float = 60.0  # elevation above this is "overhead"
-    # evaluation / turntable cameras
-    eval_elevation: float = 15.0
-    eval_radius: float = 4.0
-    eval_fovy: float = 70.0
+from lodsgs.config import CameraConfig
 
 
 @dataclass

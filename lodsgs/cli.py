@@ -102,7 +102,7 @@ def generate(
     cfg = build_config(config, sets, prior, seed, steps, device, init)
     live = _live_view(cfg, host, port) if view else None
     try:
-        run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, view=live)
+        run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, on_step=live)
         typer.echo(f"wrote {run_dir}")
     except BaseException:
         if live:
@@ -172,7 +172,7 @@ def batch(
         raise typer.Exit(1 if result.failed else 0)
     live = _live_view(cfg, host, port) if view else None
     try:
-        result = b.run_batch(todo, cfg, out, quiet=quiet, log=typer.echo, view=live)
+        result = b.run_batch(todo, cfg, out, quiet=quiet, log=typer.echo, on_step=live)
     finally:
         if live:
             live.viewer.close()

@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
-from lodsgs.cameras import CameraConfig
 from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
-from lodsgs.prior.guidance import GuidanceConfig
-from lodsgs.splats.densify import DensifyConfig
 
-PRESET_DIR = Path(__file__).parent / "configs"
+# an installed package carries the presets in lodsgs/configs/ (setup.py copies them); a source checkout (editable
+# install) reads the top-level configs/ they are copied from
+_PACKAGED, _CHECKOUT = Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs"
+PRESET_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 DEFAULT_PRESET = "lods_embedding"
 
 
@@ -83,6 +83,69 @@ class OptimConfig:
     opacities: float = 0.01
     sh0: float = 0.0125
     shN: float = 0.0125 / 20
+
+
+@dataclass
+class GuidanceConfig:
+    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's."""
+
+    method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
+    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
+    negative_prompt: str = ""  # unconditional branch; α's initial value and LoRA's condition (presets choose)
+    view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
+    min_step_percent: float = 0.02  # t_min = 0.02·T
+    max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
+    anneal: Literal["step", "linear"] = "step"  # step: LODS-3DGS's drop; linear: DreamGaussian's ramp
+    anneal_after_step: int = 500  # step: t_max drops after this step (0.98 -> 0.55); linear: reaches it here
+    max_step_percent_after: float = 0.55
+    embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
+    lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
+    lora_rank: int = 4
+    lora_scale: float = 0.5  # LoRA weight on the unconditional branch (and in its training)
+    prior_loss_weight: float = 1.0  # λ on the ε-MSE that trains α / ψ
+
+
+@dataclass
+class CameraConfig:
+    """Ranges for random orbit cameras (degrees and world units); defaults follow the official 3DGS config
+    (yangxiaofeng/LODS configs/lods-gs-embedding.yaml)."""
+
+    elevation: tuple[float, float] = (-10.0, 45.0)
+    azimuth: tuple[float, float] = (-180.0, 180.0)
+    radius: tuple[float, float] = (2.5, 4.0)
+    fovy: tuple[float, float] = (40.0, 70.0)
+    width: int = 64
+    height: int = 64
+    jitter: float = 0.0  # std of a random offset of the look-at target, world units
+    front_threshold: float = 45.0  # |azimuth| below this is "front"
+    back_threshold: float = 45.0  # |azimuth| above 180 - this is "back"
+    overhead_threshold: float = 60.0  # elevation above this is "overhead"
+    # evaluation / turntable cameras
+    eval_elevation: float = 15.0
+    eval_radius: float = 4.0
+    eval_fovy: float = 70.0
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control; defaults are LODS-3DGS's (refine_start 300, refine_stop 1000, every 100: gsplat
+    refines at steps 400, 500, ..., 900)."""
+
+    enabled: bool = True
+    refine_start: int = 300  # first refine at the first multiple of refine_every after this step
+    refine_stop: int = 1000  # no statistics, refines or resets from this step on
+    refine_every: int = 100
+    grow_grad2d: float = 2e-4  # mean screen-space gradient (NDC units) above which a Gaussian clones/splits
+    # > 0: instead of grow_grad2d, grow the Gaussians above this quantile of the mean screen-space gradient
+    # at each refine. Scale-free: LODS divides the gradient by ω, so a fixed threshold means another thing
+    # per method and guidance scale (GaussianDreamer's 2e-4 assumes SDS's scale and summed view gradients).
+    grow_quantile: float = 0.0
+    grow_scale3d: float = 0.003  # × scene_scale: clone below, split above (3DGS percent_dense)
+    prune_opa: float = 0.005  # prune below this opacity
+    prune_scale3d: float = 0.1  # × scene_scale: prune larger Gaussians (from the first refine on)
+    scene_scale: float = 3.5  # LODS-3DGS camera extent
+    reset_every: int = 0  # opacity reset period in steps (0 = never, as LODS-3DGS), to 2 × prune_opa
+    max_gaussians: int = 200_000  # stop growing (pruning goes on) at this many Gaussians: a CPU memory guard
 
 
 @dataclass
@@ -167,7 +230,7 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def prior_profile(model: str) -> Path | None:
     """A local prior folder may ship ``lodsgs.yaml``: the cameras, resolution and budget it was made for."""
-    from lodsgs.prior.diffusion import resolve_model
+    from lodsgs.prior.hub import resolve_model  # torch-free: reading a config imports no torch
 
     try:
         path = Path(resolve_model(model)) / "lodsgs.yaml"

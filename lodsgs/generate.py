@@ -12,14 +12,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lodsgs.cameras import eval_cameras, sample_cameras, view_labels
-from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
+from lodsgs.config import CameraConfig, Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.lift import layout, lift
@@ -31,7 +32,6 @@ from lodsgs.splats.io import read_ply, write_ply, write_splat
 from lodsgs.splats.model import Splats, make_optimizers, rgb_to_sh0
 from lodsgs.splats.render import render
 from lodsgs.splats.spz import write_spz
-from lodsgs.view import LiveView
 
 
 class Interrupted(LodsgsError):
@@ -345,6 +345,19 @@ def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
     return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
 
 
+@dataclass
+class StepReport:
+    """What ``generate``'s ``on_step`` callback gets after each step, and once more (``done``) after the outputs."""
+
+    prompt: str
+    step: int
+    steps: int  # the run's total, run.steps
+    splats: Splats
+    logs: dict[str, float]  # train_step's numbers (loss, t, grad_norm, ...); the last step's when done
+    camera: CameraConfig
+    done: bool = False
+
+
 def generate(
     prompt: str,
     cfg: Config,
@@ -353,87 +366,129 @@ def generate(
     overwrite: bool = False,
     quiet: bool = False,
     prior: DiffusionPrior | None = None,
-    view: LiveView | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Path:
     """Run one prompt to completion (or to an interrupt) and write its outputs; returns the run folder.
-    ``view`` (``--view``) gets the splats every ``run.view_every`` steps; ``should_stop`` (a Ray batch's
-    cancellation flag) stops the run like Ctrl-C, with a checkpoint."""
-    from lodsgs.media import write_media, write_progress
-    from lodsgs.progress import StepProgress
-
-    model_path = resolve_model(cfg.prior.model)
-    check_prompt(prompt, model_path, cfg.prior.model)
+    ``on_step`` (the CLI's live view with ``--view``) gets a StepReport after every step; ``should_stop`` (a Ray
+    batch's cancellation flag) stops the run like Ctrl-C, with a checkpoint."""
+    check_prompt(prompt, resolve_model(cfg.prior.model), cfg.prior.model)
     device = resolve_device(cfg.run.device)
-    run_dir = Path(out) / run_name(prompt, cfg.run.seed)
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if Path(out).exists() and not Path(out).is_dir():
+    run_dir = checked_run_dir(Path(out), run_name(prompt, cfg.run.seed), resume, overwrite)
+    saved = read_checkpoint(run_dir / LAST_CHECKPOINT, cfg) if resume else None
+    # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
+    s = start_state(cfg, prompt, prior or load_prior(cfg, device), device, saved)
+    open_run_dir(run_dir, cfg, prompt, fresh=not resume)
+    logs = optimize(cfg, s, run_dir, prompt, device, resume, quiet, on_step, should_stop)
+    write_outputs(s, cfg, run_dir, prompt, device, logs)
+    if on_step is not None:
+        on_step(StepReport(prompt, s.step, cfg.run.steps, s.splats, logs, cfg.camera, done=True))
+    return run_dir
+
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def checked_run_dir(out: Path, name: str, resume: bool, overwrite: bool) -> Path:
+    """``out/name``, refused in one line when --out is a file, there is nothing to resume, or a run is in the way."""
+    run_dir = out / name
+    ckpt = run_dir / LAST_CHECKPOINT
+    if out.exists() and not out.is_dir():
         raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the run folders")
     if resume and not ckpt.exists():
         raise LodsgsError(f"nothing to resume: no checkpoint at {str(ckpt)!r}; run without --resume")
     if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it "
                           "or --overwrite to start again")
-    saved = read_checkpoint(ckpt, cfg) if resume else None
-    # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
-    prior = prior or load_prior(cfg, device)
+    return run_dir
+
+
+def start_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,
+                saved: dict | None) -> State:
+    """A fresh run's state, or with ``saved`` (a read_checkpoint() payload) the state it was saved in."""
     start = Splats(saved["splats"], sh_degree=saved["sh_degree"]) if saved is not None else None
     s = build_state(cfg, prompt, prior, device, start)
     if saved is not None:
         load_checkpoint(s, saved, cfg, device)
+    return s
+
+
+def open_run_dir(run_dir: Path, cfg: Config, prompt: str, fresh: bool) -> None:
+    """Create the run folder (one line if it cannot be written), clear a previous run's outputs when ``fresh``,
+    and write config.yaml and prompt.txt."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ".write-test").touch()
         (run_dir / ".write-test").unlink()
     except OSError as e:
         raise LodsgsError(f"cannot write to output folder {str(run_dir)!r}: {e.strerror}") from None
-    if not resume:  # a fresh start: nothing of an overwritten run stays beside the new config
+    if fresh:  # nothing of an overwritten run stays beside the new config
         clear_outputs(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     write_text(run_dir / "prompt.txt", prompt + "\n")
 
-    stop = {"signal": None}
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
+def optimize(cfg: Config, s: State, run_dir: Path, prompt: str, device: torch.device, resume: bool, quiet: bool,
+             on_step: Callable[[StepReport], None] | None, should_stop: Callable[[], bool] | None) -> dict[str, float]:
+    """Step until run.steps, logging, previewing and checkpointing on schedule; returns the last step's logs.
+    Ctrl-C, SIGTERM or ``should_stop()`` end the step under way, save a checkpoint and raise Interrupted."""
+    from lodsgs.media import write_progress
+    from lodsgs.progress import StepProgress
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
-    logs: dict[str, float] = {}
-    if view is not None:
-        view.start(prompt, cfg.camera)
+    ckpt, logs = run_dir / LAST_CHECKPOINT, {}
     start = time.perf_counter() - s.seconds
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    with (caught_signals() as caught,
+          RunLog(run_dir, cfg.run.log_every, cfg.run.steps, resume_step=s.step if resume else None) as runlog,
+          StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar):
+        first = s.step + 1
+        while s.step < cfg.run.steps:
+            logs = train_step(cfg, s, device)
+            seconds, s.seconds = s.seconds, time.perf_counter() - start
+            if s.step == first:  # once, from this machine's first measured step
+                cpu_time_note(s.guidance.prior, device, s.seconds - seconds, cfg.run.steps - s.step)
+            bar.update(s.step, loss=logs["loss"], gaussians=s.splats.num)
+            if runlog.due(s.step):
+                runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))
+            if cfg.run.preview_every > 0 and s.step % cfg.run.preview_every == 0:
+                write_progress(s.splats, cfg, run_dir, s.step)
+            if on_step is not None:
+                on_step(StepReport(prompt, s.step, cfg.run.steps, s.splats, logs, cfg.camera))
+            if caught or (should_stop is not None and should_stop()):
+                save_checkpoint(s, cfg, ckpt)
+                raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
+                                  "rerun the same command with --resume to continue")
+            if s.step % cfg.run.checkpoint_every == 0 and s.step < cfg.run.steps:
+                save_checkpoint(s, cfg, ckpt)
+                if cfg.run.keep_checkpoints:
+                    shutil.copyfile(ckpt, ckpt.with_name(f"step_{s.step:05d}.pt"))
+    return logs
+
+
+@contextmanager
+def caught_signals() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM append to the yielded list instead of raising, so the loop stops between steps (signal
+    handlers can only be set from the main thread; elsewhere, such as a Ray actor, nothing is caught)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    handlers = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with (RunLog(run_dir, cfg.run.log_every, cfg.run.steps, resume_step=s.step if resume else None) as runlog,
-              StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar):
-            first = s.step + 1
-            while s.step < cfg.run.steps:
-                logs = train_step(cfg, s, device)
-                seconds, s.seconds = s.seconds, time.perf_counter() - start
-                if s.step == first:  # once, from this machine's first measured step
-                    cpu_time_note(prior, device, s.seconds - seconds, cfg.run.steps - s.step)
-                bar.update(s.step, loss=logs["loss"], gaussians=s.splats.num)
-                if runlog.due(s.step):
-                    runlog.write(make_record(s.step, logs, s.splats.num, lrs_used(cfg, s), s.seconds))
-                if cfg.run.preview_every > 0 and s.step % cfg.run.preview_every == 0:
-                    write_progress(s.splats, cfg, run_dir, s.step)
-                if view is not None:
-                    view.step(s.step, cfg.run.steps, s.splats, logs)
-                if stop["signal"] is not None or (should_stop is not None and should_stop()):
-                    save_checkpoint(s, cfg, ckpt)
-                    raise Interrupted(f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; "
-                                      "rerun the same command with --resume to continue")
-                if s.step % cfg.run.checkpoint_every == 0 and s.step < cfg.run.steps:
-                    save_checkpoint(s, cfg, ckpt)
-                    if cfg.run.keep_checkpoints:
-                        shutil.copyfile(ckpt, ckpt.with_name(f"step_{s.step:05d}.pt"))
+        yield caught
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
-    save_checkpoint(s, cfg, ckpt)
+
+def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: torch.device,
+                  logs: dict[str, float]) -> None:
+    """The finished run's checkpoint, splats (.ply, .splat, .spz), turntable and preview, and metrics.json."""
+    from lodsgs.media import write_media
+
+    save_checkpoint(s, cfg, run_dir / LAST_CHECKPOINT)
     write_ply(s.splats, run_dir / "splats.ply")
     write_splat(s.splats, run_dir / "splats.splat")
     if cfg.run.spz:
@@ -454,9 +509,6 @@ def generate(
         "final": {k: round(v, 6) for k, v in logs.items()},
     }
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    if view is not None:
-        view.step(s.step, cfg.run.steps, s.splats, logs, done=True)
-    return run_dir
 
 
 OUTPUTS = ("splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",

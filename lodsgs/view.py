@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from lodsgs.cameras import CameraConfig, orbit_position
 from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
+
+if TYPE_CHECKING:
+    from lodsgs.generate import StepReport
 
 
 def splat_arrays(splats: Splats) -> dict[str, np.ndarray]:
@@ -115,7 +118,6 @@ class Viewer:
         self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
         self.server.initial_camera.fov = fov
         self.panel = self.server.gui.add_markdown("")
-        self.pushes = 0
         self.checkpoint_label = None
 
     @property
@@ -124,7 +126,6 @@ class Viewer:
 
     def show(self, splats: Splats) -> None:
         self.server.scene.add_gaussian_splats("/splats", **splat_arrays(splats))
-        self.pushes += 1
 
     def describe(self, title: str, facts: dict[str, Any]) -> None:
         rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in facts.items() if v is not None)
@@ -154,10 +155,12 @@ def _fmt(value: Any) -> str:
 
 
 class LiveView:
-    """What ``generate --view`` calls: push the splats every ``every`` steps, with step, loss, t and count."""
+    """The ``on_step`` callback of ``generate --view``: push the splats every ``every`` steps and when done, with
+    step, loss, t and count; a new prompt (the next of a batch) moves the camera to its run's evaluation view."""
 
     def __init__(self, viewer: Viewer, every: int):
         self.viewer, self.every = viewer, every
+        self.prompt: str | None = None
 
     def start(self, prompt: str, camera: CameraConfig) -> None:
         self.prompt = prompt
@@ -166,13 +169,16 @@ class LiveView:
         self.viewer.server.initial_camera.fov = fov
         self.viewer.describe(prompt, {"status": "starting"})
 
-    def step(self, step: int, total: int, splats: Splats, logs: dict[str, float], done: bool = False) -> None:
-        if step % self.every and not done:
+    def __call__(self, report: StepReport) -> None:
+        if report.prompt != self.prompt:
+            self.start(report.prompt, report.camera)
+        if report.step % self.every and not report.done:
             return
-        self.viewer.show(splats)
-        self.viewer.describe(self.prompt, {"status": "done" if done else "running", "step": f"{step} / {total}",
-                                           "loss": logs.get("loss"), "t": logs.get("t"),
-                                           "Gaussians": splats.num})
+        self.viewer.show(report.splats)
+        self.viewer.describe(report.prompt, {"status": "done" if report.done else "running",
+                                             "step": f"{report.step} / {report.steps}",
+                                             "loss": report.logs.get("loss"), "t": report.logs.get("t"),
+                                             "Gaussians": report.splats.num})
 
 
 def serve_until_interrupted(viewer: Viewer, message: str) -> None:

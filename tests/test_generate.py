@@ -37,6 +37,14 @@ def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
     assert info.exit_code == 0 and '"steps": 6' in info.output
 
 
+def test_on_step_gets_every_step_then_the_finished_splats(cfg_for, tmp_path):
+    reports = []
+    run = generate("a red cube", cfg_for("sds"), tmp_path, quiet=True, on_step=reports.append)
+    assert [(r.step, r.done) for r in reports] == [(k, False) for k in range(1, 7)] + [(6, True)]
+    assert {r.prompt for r in reports} == {"a red cube"} and all(r.steps == 6 for r in reports)
+    assert reports[-1].splats.num == read_ply(run / "splats.ply").num and "loss" in reports[-1].logs
+
+
 @pytest.mark.parametrize("method", ["sds", "lods-embedding", pytest.param("lods-lora", marks=pytest.mark.slow)])
 def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)

@@ -9,7 +9,8 @@ from plyfile import PlyData, PlyElement
 
 from lodsgs.cameras import orbit_cameras
 from lodsgs.errors import LodsgsError
-from lodsgs.splats.io import SH_FLIP, flip_yz, ply_properties, read_ply, read_splat, write_ply, write_splat
+from lodsgs.splats.convention import SH_FLIP, flip_yz, unflip_yz
+from lodsgs.splats.io import ply_properties, read_ply, read_splat, write_ply, write_splat
 from lodsgs.splats.model import SH_C0, Splats
 from lodsgs.splats.render import render
 
@@ -31,6 +32,11 @@ def raw(s: Splats) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in s.params.items()}
 
 
+def as_written(s: Splats) -> Splats:
+    """Splats whose file holds ``raw(s)`` as is (writing flips y and z; this undoes it first)."""
+    return Splats(unflip_yz(raw(s)), sh_degree=s.sh_degree)
+
+
 def hamilton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Independent Hamilton product of wxyz quaternions."""
     aw, av, bw, bv = a[..., :1], a[..., 1:], b[..., :1], b[..., 1:]
@@ -50,7 +56,7 @@ def test_ply_round_trip_is_bit_exact(tmp_path, degree):
 
 def test_ply_layout_matches_inria_and_gsplat_exporter(tmp_path):
     s = random_splats(n=7, degree=2)
-    write_ply(s, tmp_path / "ours.ply", y_up_to_file=False)
+    write_ply(as_written(s), tmp_path / "ours.ply")
     ply = PlyData.read(str(tmp_path / "ours.ply"))
     assert ply.header.splitlines()[1] == "format binary_little_endian 1.0"
     assert [el.name for el in ply.elements] == ["vertex"]
@@ -165,7 +171,7 @@ def test_splat_file_decodes_within_quantization(tmp_path):
 
 def test_splat_file_agrees_with_gsplat_exporter(tmp_path):
     s = random_splats(n=40)
-    write_splat(s, tmp_path / "a.splat", y_up_to_file=False)
+    write_splat(as_written(s), tmp_path / "a.splat")
     p = raw(s)
     (tmp_path / "g.splat").write_bytes(export_splats(p["means"], p["scales"], p["quats"], p["opacities"],
                                                      p["sh0"], p["shN"], format="splat"))
@@ -198,12 +204,14 @@ def test_point_cloud_ply_initializes_splats(tmp_path, colour):
     assert torch.equal(s.means[:, 1].detach(), -torch.from_numpy(cols["y"]))  # y-down file -> y-up inside
 
 
-def test_y_up_to_file_off_writes_and_reads_raw(tmp_path):
+def test_reading_undoes_the_file_convention_bit_for_bit(tmp_path):
     s = random_splats(n=5, degree=1)
-    write_ply(s, tmp_path / "a.ply", y_up_to_file=False)
+    write_ply(as_written(s), tmp_path / "a.ply")
     assert np.array_equal(PlyData.read(str(tmp_path / "a.ply"))["vertex"]["y"], raw(s)["means"][:, 1].numpy())
-    assert torch.equal(read_ply(tmp_path / "a.ply", y_up_to_file=False).params["quats"], raw(s)["quats"])
-    assert not torch.equal(read_ply(tmp_path / "a.ply").params["quats"], raw(s)["quats"])
+    back = read_ply(tmp_path / "a.ply").params
+    for key, value in unflip_yz(raw(s)).items():
+        assert torch.equal(back[key].view(torch.int32), value.view(torch.int32)), key
+    assert not torch.equal(back["quats"], raw(s)["quats"])
 
 
 HEADER = b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nproperty float y\n" \

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from lodsgs.cli import app
 from lodsgs.errors import LodsgsError
 from lodsgs.generate import generate
-from lodsgs.splats.io import flip_yz, load_splats, write_ply
+from lodsgs.splats.convention import flip_yz
+from lodsgs.splats.io import load_splats, write_ply
 from lodsgs.splats.model import Splats
 from lodsgs.splats.spz import encode_spz, read_spz, write_spz
-from lodsgs.view import LiveView, Viewer, load_target
+from lodsgs.view import LiveView, Viewer, checkpoint_splats, load_target
 
 runner = CliRunner()
 
@@ -143,11 +144,20 @@ def tiny_cfg(tiny_config):
     return tiny_config("latent", "run.view_every=2", "run.checkpoint_every=2", "run.keep_checkpoints=true")
 
 
-def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
+def counted_pushes(viewer: Viewer, monkeypatch) -> list[int]:
+    """The number of splat counts ``viewer.show`` was given, one per push to the browser."""
+    pushed: list[int] = []
+    real = viewer.show
+    monkeypatch.setattr(viewer, "show", lambda splats: (pushed.append(splats.num), real(splats))[1])
+    return pushed
+
+
+def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path, monkeypatch):
     viewer = Viewer("127.0.0.1", browser.free_port(), tiny_cfg.camera)
+    pushed = counted_pushes(viewer, monkeypatch)
     try:
-        run = generate("a corgi", tiny_cfg, tmp_path, quiet=True, view=LiveView(viewer, tiny_cfg.run.view_every))
-        assert viewer.pushes == 6 // 2 + 1  # steps 2, 4, 6, and the final splats
+        run = generate("a corgi", tiny_cfg, tmp_path, quiet=True, on_step=LiveView(viewer, tiny_cfg.run.view_every))
+        assert len(pushed) == 6 // 2 + 1  # steps 2, 4, 6, and the final splats
         assert "done" in viewer.panel.content and "6 / 6" in viewer.panel.content
     finally:
         viewer.close()
@@ -155,19 +165,21 @@ def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path):
     assert (run / "splats.spz").is_file()
 
 
-def test_batch_live_view_shows_each_prompt(tiny_cfg, tmp_path):
+def test_batch_live_view_shows_each_prompt(tiny_cfg, tmp_path, monkeypatch):
     from lodsgs.batch import run_batch
 
     viewer = Viewer("127.0.0.1", browser.free_port(), tiny_cfg.camera)
+    pushed = counted_pushes(viewer, monkeypatch)
     try:
-        result = run_batch(["a corgi", "a cat"], tiny_cfg, tmp_path, view=LiveView(viewer, tiny_cfg.run.view_every))
-        assert result.done == 2 and viewer.pushes == 2 * (6 // 2 + 1)
+        result = run_batch(["a corgi", "a cat"], tiny_cfg, tmp_path,
+                           on_step=LiveView(viewer, tiny_cfg.run.view_every))
+        assert result.done == 2 and len(pushed) == 2 * (6 // 2 + 1)
         assert viewer.panel.content.startswith("**a cat**")  # the prompt running (here: the last one)
     finally:
         viewer.close()
 
 
-def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
+def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path, monkeypatch):
     run = generate("a corgi", tiny_cfg, tmp_path, quiet=True)
     t = load_target(run)
     assert t.title == "a corgi" and t.facts["steps"] == 6 and len(t.checkpoints) == 2
@@ -175,10 +187,12 @@ def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path):
     for name in ("splats.ply", "splats.splat", "splats.spz"):
         assert load_target(run / name).splats.num == t.splats.num
     viewer = Viewer("127.0.0.1", browser.free_port(), t.camera)
+    pushed = counted_pushes(viewer, monkeypatch)
     try:
         slider = viewer.add_checkpoints(t.checkpoints, t.splats)
         slider.value = 0  # as when the user drags it: the step-2 splats are pushed
-        assert viewer.pushes == 1 and viewer.checkpoint_label.content == "showing: step 2"
+        assert pushed == [checkpoint_splats(t.checkpoints[0]).num]
+        assert viewer.checkpoint_label.content == "showing: step 2"
     finally:
         viewer.close()
     for name in ("splats.ply", "metrics.json"):  # an interrupted run: its last checkpoint is shown

@@ -18,21 +18,10 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from lodsgs.errors import LodsgsError
-from lodsgs.prior.hub import NAMED, SD21, snapshot
+from lodsgs.prior.hub import SD21, SHAPES_DIR, resolve_model, snapshot  # noqa: F401  (resolve_model: re-exported)
 
 DEFAULT_MODEL = SD21
-SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
 VIEWS = ("front", "side", "back", "overhead")  # the labels view-dependent prompts append (", front view")
-
-
-def resolve_model(name_or_path: str) -> str:
-    """Map a prior name (``shapes``, ``sd21``, ``sd15``) to a hub id or folder; anything else is returned as is."""
-    if name_or_path == "shapes":
-        if not (SHAPES_DIR / "unet").is_dir():
-            raise LodsgsError(f"the shapes prior weights are not installed at {str(SHAPES_DIR)!r}; "
-                              "train them with `lodsgs prior train-shapes --out DIR` and pass --prior DIR")
-        return str(SHAPES_DIR)
-    return NAMED.get(name_or_path, name_or_path)
 
 
 def _looks_like_path(model: str) -> bool:

@@ -17,15 +17,13 @@ the paper's text-to-3D value).
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lodsgs.config import GuidanceConfig
 from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.fused import guidance_loss
@@ -35,26 +33,6 @@ PRIOR_LOSS_SCALE = 2.0**12  # fp16 UNets only: lifts ~1e-5 per-element gradients
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, self- and cross-attention
 ADAPTER = "lods"
 ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}  # LODS-3DGS's Adam for α (lods_gs.py)
-
-
-@dataclass
-class GuidanceConfig:
-    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's."""
-
-    method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
-    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
-    negative_prompt: str = ""  # unconditional branch; α's initial value and LoRA's condition (presets choose)
-    view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
-    min_step_percent: float = 0.02  # t_min = 0.02·T
-    max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
-    anneal: Literal["step", "linear"] = "step"  # step: LODS-3DGS's drop; linear: DreamGaussian's ramp
-    anneal_after_step: int = 500  # step: t_max drops after this step (0.98 -> 0.55); linear: reaches it here
-    max_step_percent_after: float = 0.55
-    embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
-    lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
-    lora_rank: int = 4
-    lora_scale: float = 0.5  # LoRA weight on the unconditional branch (and in its training)
-    prior_loss_weight: float = 1.0  # λ on the ε-MSE that trains α / ψ
 
 
 @dataclass
@@ -69,7 +47,6 @@ class Guidance(nn.Module):
 
     ``parameters()`` also lists the frozen prior's; optimize ``param_groups()`` instead, and checkpoint with
     ``state_dict()``, which holds only α / ψ and the generator state (so a resumed run draws the same t, ε).
-    Set ``timings = {}`` to accumulate per-section seconds (CUDA-synchronized) for benchmarks.
     """
 
     def __init__(self, prior: DiffusionPrior, cfg: GuidanceConfig, prompt: str, seed: int = 0):
@@ -81,7 +58,6 @@ class Guidance(nn.Module):
         self.prior, self.cfg, self.prompt = prior, cfg, prompt
         self.generator = torch.Generator(device=prior.device).manual_seed(seed)
         self.negative = prior.encode_text(cfg.negative_prompt)  # [1, tokens, width]
-        self.timings: dict[str, float] | None = None
         self.register_parameter("embedding", None)
         self.lora: list[nn.Parameter] = []
         _remove_adapters(prior)  # a prior shared across runs (batch, eval) must start clean
@@ -148,21 +124,18 @@ class Guidance(nn.Module):
         """images [B,H,W,3] in [0,1] (with grad), one view label per image, the optimization step."""
         prior, cfg, gen = self.prior, self.cfg, self.generator
         lods = cfg.method != "sds"
-        with self._timed("encode"):
-            x0 = prior.encode_images(images)  # [B,C,h,w], grad flows to the renders
+        x0 = prior.encode_images(images)  # [B,C,h,w], grad flows to the renders
         B, dev = x0.shape[0], x0.device
-        with self._timed("text"):
-            cond = self.text_embeddings(views)
-        with self._timed("prior_loss"):  # first, like the official code; same α / ψ as the SDS branch below
-            prior_loss = self._prior_loss(x0.detach()) if lods else torch.zeros((), device=dev)
+        cond = self.text_embeddings(views)
+        # the prior loss first, like the official code; same α / ψ as the SDS branch below
+        prior_loss = self._prior_loss(x0.detach()) if lods else torch.zeros((), device=dev)
         t_lo, t_hi = self.t_range(step)
         t = torch.randint(t_lo, t_hi + 1, (B,), generator=gen, device=dev)
         noise = torch.randn(x0.shape, generator=gen, device=dev, dtype=torch.float32)
-        with self._timed("unet"), torch.no_grad():
+        with torch.no_grad():
             eps_c, eps_u = self._noise_predictions(prior.add_noise(x0.detach().float(), noise, t), t, cond)
-        with self._timed("fused"):
-            w = 1.0 - prior.alphas_cumprod[t]  # [B]
-            loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
+        w = 1.0 - prior.alphas_cumprod[t]  # [B]
+        loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
         gap = (eps_c.float() - eps_u.float()).pow(2).mean().sqrt()
         extra = self._diagnostics()
         values = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean(), gap,
@@ -215,21 +188,6 @@ class Guidance(nn.Module):
         if self.grad_scale != 1.0:
             pred = _ScaleGrad.apply(pred, self.grad_scale)
         return self.cfg.prior_loss_weight * F.mse_loss(pred, noise)
-
-    @contextmanager
-    def _timed(self, name: str):
-        """Add the section's wall time to ``self.timings[name]`` when timing is on (syncing CUDA)."""
-        if self.timings is None:
-            yield
-            return
-        sync = torch.cuda.synchronize if self.prior.device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync()
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
 class _ScaleGrad(torch.autograd.Function):

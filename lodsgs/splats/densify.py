@@ -11,7 +11,6 @@ state in place, so read the splats through ``params`` after each step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gsplat
@@ -19,32 +18,11 @@ import torch
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import reset_opa
 
+from lodsgs.config import DensifyConfig
 from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 
 GSPLAT_VERSION = "1.5.3"  # the reset workaround below and _CountingStrategy's hooks are written for it
-
-
-@dataclass
-class DensifyConfig:
-    """Adaptive density control; defaults are LODS-3DGS's (refine_start 300, refine_stop 1000, every 100: gsplat
-    refines at steps 400, 500, ..., 900)."""
-
-    enabled: bool = True
-    refine_start: int = 300  # first refine at the first multiple of refine_every after this step
-    refine_stop: int = 1000  # no statistics, refines or resets from this step on
-    refine_every: int = 100
-    grow_grad2d: float = 2e-4  # mean screen-space gradient (NDC units) above which a Gaussian clones/splits
-    # > 0: instead of grow_grad2d, grow the Gaussians above this quantile of the mean screen-space gradient
-    # at each refine. Scale-free: LODS divides the gradient by ω, so a fixed threshold means another thing
-    # per method and guidance scale (GaussianDreamer's 2e-4 assumes SDS's scale and summed view gradients).
-    grow_quantile: float = 0.0
-    grow_scale3d: float = 0.003  # × scene_scale: clone below, split above (3DGS percent_dense)
-    prune_opa: float = 0.005  # prune below this opacity
-    prune_scale3d: float = 0.1  # × scene_scale: prune larger Gaussians (from the first refine on)
-    scene_scale: float = 3.5  # LODS-3DGS camera extent
-    reset_every: int = 0  # opacity reset period in steps (0 = never, as LODS-3DGS), to 2 × prune_opa
-    max_gaussians: int = 200_000  # stop growing (pruning goes on) at this many Gaussians: a CPU memory guard
 
 
 class _CountingStrategy(DefaultStrategy):

@@ -1,10 +1,7 @@
-"""Splat files: INRIA 3DGS ``.ply`` (write + exact read) and antimatter15 ``.splat``.
+"""Splat files: INRIA 3DGS ``.ply`` (write + exact read) and antimatter15 ``.splat``; ``load_splats`` reads any
+format lodsgs writes (``.spz`` through spz.py).
 
-Inside lodsgs the world is y-up (OpenGL style). Files use the INRIA/COLMAP convention (y down) that web
-viewers assume (SuperSplat turns every splat 180° about z to show captures upright), so by default
-(``Y_UP_TO_FILE``) writing rotates the scene 180° about x: p' = (x, -y, -z), q' = (0,1,0,0) ⊗ q = (-x, w, -z, y)
-in wxyz, and the SH coefficients of the bands odd under (y, z) -> (-y, -z) change sign (``SH_FLIP``).
-Every step is a sign flip or a permutation, so reading undoes it bit for bit.
+Files are y down, the world y up (convention.py: a 180° rotation about x that reading undoes bit for bit).
 Layouts: the INRIA 3DGS PLY (graphdeco-inria/gaussian-splatting) and antimatter15/splat's convert.py.
 """
 
@@ -18,38 +15,13 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from lodsgs.errors import LodsgsError
-from lodsgs.files import atomic_path
+from lodsgs.splats.convention import file_params, unflip_yz, write_atomic
 from lodsgs.splats.model import SH_C0, Splats, num_sh_bases
+from lodsgs.splats.spz import read_spz
 
-Y_UP_TO_FILE = True  # files are written y-down (INRIA/COLMAP) from our y-up world, and read back y-up
-
-# sign of each non-DC SH basis (gsplat / 3DGS order) under the 180° rotation about x, (x, y, z) -> (x, -y, -z):
-# l=1 (y, z, x); l=2 (xy, yz, 3z²-1, xz, x²-y²); l=3 (y(3x²-y²), xyz, y(5z²-1), z(5z²-3), x(5z²-1), z(x²-y²),
-# x(x²-3y²)). Checked numerically against gsplat's _spherical_harmonics in tests/test_io.py.
-SH_FLIP = torch.tensor([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], dtype=torch.float32)
 SH_DEGREE_OF_REST = {0: 0, 9: 1, 24: 2, 45: 3}  # number of f_rest_* properties -> SH degree
 SPLAT_PROPS = ("f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                "rot_0", "rot_1", "rot_2", "rot_3")
-
-
-def flip_yz(params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rotate raw splat parameters 180° about x (y-up world -> y-down file); exact sign flips only."""
-    out = dict(params)
-    out["means"] = params["means"] * torch.tensor([1.0, -1.0, -1.0])
-    w, x, y, z = params["quats"].unbind(-1)
-    out["quats"] = torch.stack([-x, w, -z, y], -1)  # (0,1,0,0) ⊗ (w,x,y,z), Hamilton product
-    out["shN"] = params["shN"] * SH_FLIP[: params["shN"].shape[1], None]
-    return out
-
-
-def unflip_yz(params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of ``flip_yz`` (y-down file -> y-up world), bit-exact, keeping the quaternion's sign."""
-    out = dict(params)
-    out["means"] = params["means"] * torch.tensor([1.0, -1.0, -1.0])
-    a, b, c, d = params["quats"].unbind(-1)
-    out["quats"] = torch.stack([b, -a, d, -c], -1)
-    out["shN"] = params["shN"] * SH_FLIP[: params["shN"].shape[1], None]
-    return out
 
 
 def ply_properties(k_rest: int) -> list[str]:
@@ -59,19 +31,13 @@ def ply_properties(k_rest: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def _file_params(splats: Splats, y_up_to_file: bool) -> dict[str, Tensor]:
-    p = {k: v.detach().cpu().float() for k, v in splats.params.items()}
-    return flip_yz(p) if y_up_to_file else p
-
-
-def write_ply(splats: Splats, path: Path | str, sh_degree: int | None = None,
-              y_up_to_file: bool = Y_UP_TO_FILE) -> None:
+def write_ply(splats: Splats, path: Path | str, sh_degree: int | None = None) -> None:
     """INRIA layout, binary little endian, all float32; ``sh_degree`` above the splats' pads zero bands
     (the "ply-sh3" export: some viewers reject degree-0 files)."""
     degree = splats.sh_degree if sh_degree is None else sh_degree
     if not splats.sh_degree <= degree <= 3:
         raise ValueError(f"sh_degree must be in {splats.sh_degree}..3 for these splats, got {degree}")
-    p = _file_params(splats, y_up_to_file)
+    p = file_params(splats)
     n, k_rest = splats.num, num_sh_bases(degree) - 1
     rest = torch.zeros(n, k_rest, 3)
     rest[:, : p["shN"].shape[1]] = p["shN"]
@@ -82,10 +48,10 @@ def write_ply(splats: Splats, path: Path | str, sh_degree: int | None = None,
     vertex = np.empty(n, dtype=[(name, "<f4") for name in ply_properties(k_rest)])
     for i, name in enumerate(vertex.dtype.names):
         vertex[name] = values[:, i]
-    _write(path, lambda f: PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(f))
+    write_atomic(path, lambda f: PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(f))
 
 
-def read_ply(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
+def read_ply(path: Path | str) -> Splats:
     """A splat .ply in the INRIA layout (SH degree from the f_rest count), or a plain point cloud
     (x y z, optional red green blue) as initial splats. Problems raise a one-line LodsgsError."""
     path = Path(path)
@@ -94,7 +60,7 @@ def read_ply(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
     if not {"x", "y", "z"} <= names:
         raise LodsgsError(f"cannot read {str(path)!r}: its vertex element has no x, y, z properties")
     if not names & set(SPLAT_PROPS):
-        return _point_cloud(path, vertex, names, y_up_to_file)
+        return _point_cloud(path, vertex, names)
     missing = [name for name in SPLAT_PROPS if name not in names]
     if missing:
         raise LodsgsError(f"cannot read {str(path)!r}: splat properties missing: {', '.join(missing)}")
@@ -118,7 +84,7 @@ def read_ply(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
     }
     if not all(torch.isfinite(v).all() for v in params.values()):
         raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite values")
-    return Splats(unflip_yz(params) if y_up_to_file else params, sh_degree=SH_DEGREE_OF_REST[n_rest])
+    return Splats(unflip_yz(params), sh_degree=SH_DEGREE_OF_REST[n_rest])
 
 
 def _read_vertex(path: Path) -> np.ndarray:
@@ -139,15 +105,14 @@ def _read_vertex(path: Path) -> np.ndarray:
     return vertex
 
 
-def _point_cloud(path: Path, vertex: np.ndarray, names: set[str], y_up_to_file: bool) -> Splats:
+def _point_cloud(path: Path, vertex: np.ndarray, names: set[str]) -> Splats:
     """A point cloud PLY (a scan, a mesh's vertices) as initial splats, with its colours if present."""
     if len(vertex) == 0:
         raise LodsgsError(f"cannot read {str(path)!r}: the point cloud has no points")
     xyz = torch.from_numpy(np.stack([np.asarray(vertex[k], dtype=np.float32) for k in "xyz"], -1))
     if not torch.isfinite(xyz).all():
         raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite positions")
-    if y_up_to_file:
-        xyz = xyz * torch.tensor([1.0, -1.0, -1.0])
+    xyz = xyz * torch.tensor([1.0, -1.0, -1.0])  # y-down file -> y-up world
     rgb = None
     for keys in (("red", "green", "blue"), ("r", "g", "b")):
         if set(keys) <= names:
@@ -161,10 +126,10 @@ def _point_cloud(path: Path, vertex: np.ndarray, names: set[str], y_up_to_file: 
 SPLAT_DTYPE = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])  # 32 B
 
 
-def write_splat(splats: Splats, path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> None:
+def write_splat(splats: Splats, path: Path | str) -> None:
     """antimatter15 .splat: 32 bytes a splat, no SH, largest exp(Σ log-scale)·opacity first as antimatter15's
     convert.py sorts. Bytes are rounded, so decoding is within 0.5/255 (colour, alpha), 1/128 (quat)."""
-    p = _file_params(splats, y_up_to_file)
+    p = file_params(splats)
     opacity = torch.sigmoid(p["opacities"])
     order = torch.argsort(-(p["scales"].sum(-1).exp() * opacity), stable=True)
     rgba = torch.cat([(0.5 + SH_C0 * p["sh0"][:, 0]), opacity[:, None]], -1)
@@ -174,7 +139,7 @@ def write_splat(splats: Splats, path: Path | str, y_up_to_file: bool = Y_UP_TO_F
     out["scale"] = p["scales"][order].exp().numpy()
     out["rgba"] = (rgba[order] * 255).round().clamp(0, 255).byte().numpy()
     out["rot"] = (q[order] * 128 + 128).round().clamp(0, 255).byte().numpy()
-    _write(path, lambda f: out.tofile(f))
+    write_atomic(path, lambda f: out.tofile(f))
 
 
 def read_splat(path: Path | str) -> dict[str, np.ndarray]:
@@ -206,20 +171,8 @@ SPLAT_SUFFIXES = (".ply", ".splat", ".spz")
 
 def load_splats(path: Path | str) -> Splats:
     """Any splat file lodsgs writes (.ply, .splat, .spz), by its suffix, in lodsgs's y-up world."""
-    from lodsgs.splats.spz import read_spz
-
     path = Path(path)
     readers = {".ply": read_ply, ".splat": splat_file_splats, ".spz": read_spz}
     if path.suffix.lower() not in readers:
         raise LodsgsError(f"cannot read {str(path)!r}: not a splat file; give a {', '.join(SPLAT_SUFFIXES)} file")
     return readers[path.suffix.lower()](path)
-
-
-def _write(path: Path | str, write) -> None:
-    """Run ``write`` on a temporary name then rename (atomic), turning an unwritable destination into a one-line
-    LodsgsError."""
-    try:
-        with atomic_path(Path(path)) as tmp:
-            write(str(tmp))
-    except OSError as e:
-        raise LodsgsError(f"cannot write {str(path)!r}: {e.strerror or e}") from None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lodsgs.errors import LodsgsError
-from lodsgs.splats.io import Y_UP_TO_FILE, _file_params, _write, unflip_yz
+from lodsgs.splats.convention import file_params, unflip_yz, write_atomic
 from lodsgs.splats.model import Splats, num_sh_bases
 
 MAGIC, VERSION, FRACTIONAL_BITS = 0x5053474E, 2, 12
@@ -35,9 +35,9 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def encode_spz(splats: Splats, y_up_to_file: bool = Y_UP_TO_FILE) -> bytes:
+def encode_spz(splats: Splats) -> bytes:
     """The gzip-compressed v2 stream of ``splats`` (gzip mtime 0: the same splats give the same bytes)."""
-    p = {k: v.numpy().astype(np.float64) for k, v in _file_params(splats, y_up_to_file).items()}
+    p = {k: v.numpy().astype(np.float64) for k, v in file_params(splats).items()}
     n = splats.num
     fixed = np.round(p["means"] * (1 << FRACTIONAL_BITS)).astype(np.int64)
     if np.abs(fixed).max(initial=0) >= 1 << 23:
@@ -55,12 +55,12 @@ def encode_spz(splats: Splats, y_up_to_file: bool = Y_UP_TO_FILE) -> bytes:
     return gzip.compress(header + body, mtime=0)
 
 
-def write_spz(splats: Splats, path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> None:
-    data = encode_spz(splats, y_up_to_file)
-    _write(path, lambda f: Path(f).write_bytes(data))
+def write_spz(splats: Splats, path: Path | str) -> None:
+    data = encode_spz(splats)
+    write_atomic(path, lambda f: Path(f).write_bytes(data))
 
 
-def read_spz(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
+def read_spz(path: Path | str) -> Splats:
     """Decode a v2 ``.spz`` (v1's float16 positions are not supported) back to splats in lodsgs's y-up world."""
     path = Path(path)
     if not path.is_file():
@@ -99,4 +99,4 @@ def read_spz(path: Path | str, y_up_to_file: bool = Y_UP_TO_FILE) -> Splats:
         "shN": (sh.reshape(n, k, 3) - 128.0) / 128.0,
     }
     params = {key: torch.from_numpy(value.astype(np.float32)) for key, value in params.items()}
-    return Splats(unflip_yz(params) if y_up_to_file else params, sh_degree=degree)
+    return Splats(unflip_yz(params), sh_degree=degree)
