@@ -510,7 +510,7 @@ def edit_cmd(
     image: Annotated[Path, typer.Argument(help="The image to edit (PNG or JPEG).")],
     source: Annotated[str, typer.Option("--source", help="Caption of the image as it is.")],
     target: Annotated[str, typer.Option("--target", help="Caption of the image as it should become.")],
-    method: Annotated[str | None, typer.Option("--method", help="sds, dds (default), lods or lods-lora.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sds (default), dds, lods or lods-lora.")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/edit-<target>-<seed>).")

@@ -38,8 +38,8 @@ GENERATE_VARIANTS = {  # name: (preset, --set overrides)
 }
 EDIT_VARIANTS = {
     "source": ("edit", []),
-    "sds": ("edit", ["method=sds"]),
-    "dds": ("edit", []),
+    "sds": ("edit", []),
+    "dds": ("edit", ["method=dds"]),
     "lods": ("edit", ["method=lods", "guidance_scale=100"]),
     "lods-null": ("edit", ["method=lods", "guidance_scale=100", "alpha_from_source=false"]),
 }

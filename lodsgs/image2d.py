@@ -34,7 +34,7 @@ class Image2DConfig:
     method: str = "lods-embedding"  # generate: sds | lods-embedding | lods-lora; edit: sds | dds | lods | lods-lora
     particles: int = 4  # images optimized together (edit: copies of the source)
     batch: int = 4  # particles per step, drawn without replacement
-    steps: int = 300
+    steps: int = 200
     lr: float = 3e-2  # Adam on the pixel logits / the latent (the official playgrounds' image lr)
     guidance_scale: float = 100.0  # ω
     embedding_lr: float = 1e-2  # α's Adam lr
@@ -55,7 +55,7 @@ PRESETS: dict[str, dict] = {  # the paper's 2D settings (lods.md §7.3 / the off
     "sds-100": {"method": "sds", "guidance_scale": 100.0},
     "paper-embedding": {"method": "lods-embedding", "guidance_scale": 100.0, "embedding_lr": 1e-4},
     "paper-lora": {"method": "lods-lora", "guidance_scale": 1e6, "lora_lr": 1e-5},
-    "edit": {"method": "dds", "guidance_scale": 7.5, "t_min": 0.05, "t_max": 0.95, "t_max_end": 0.95,
+    "edit": {"method": "sds", "guidance_scale": 7.5, "t_min": 0.05, "t_max": 0.95, "t_max_end": 0.95,
              "particles": 1, "batch": 1, "steps": 200},
 }
 

@@ -81,7 +81,8 @@ def test_same_seed_same_images_other_seed_other(tiny_prior_dirs):
 
     def run(seed: int) -> torch.Tensor:
         cfg = make_config("default", steps=3, particles=2, seed=seed)
-        return optimize(prior, "a red cube", cfg, initial_particles(prior, 2, torch.Generator().manual_seed(seed))).images
+        start = initial_particles(prior, 2, torch.Generator().manual_seed(seed))
+        return optimize(prior, "a red cube", cfg, start).images
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
