@@ -463,8 +463,9 @@ def prior_sanity(
 
 Set2DOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="2D setting KEY=VALUE (repeatable), e.g. "
                                                                      "guidance_scale=100, embedding_lr=1e-3.")]
-Preset2DOpt = Annotated[str | None, typer.Option("--preset", help="2D preset: default, sds-7.5, sds-100, "
-                                                                  "paper-embedding, paper-lora, edit.")]
+Preset2DOpt = Annotated[str | None, typer.Option("--preset", help="2D preset: default (shapes with --prior "
+                                                                  "shapes), sds-7.5, sds-100, paper-embedding, "
+                                                                  "paper-lora, edit.")]
 
 
 @app.command("image", epilog="""**Examples**
@@ -493,7 +494,8 @@ def image_cmd(
     progress.png, log.jsonl and metrics.json."""
     from lodsgs.generate import resolve_device
     from lodsgs.image2d import generate_image, make_config, slug
-    cfg = make_config(preset or "default", sets, particles=particles, method=method, seed=seed, steps=steps)
+    cfg = make_config(preset or ("shapes" if prior == "shapes" else "default"), sets, particles=particles,
+                      method=method, seed=seed, steps=steps)
     run_dir = out or Path("runs") / f"image-{slug(prompt)}-{cfg.seed}"
     generate_image(prompt, cfg, run_dir, prior or "sd21", device=resolve_device(device or "auto"))
     typer.echo(f"wrote {run_dir}")

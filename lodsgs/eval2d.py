@@ -32,7 +32,7 @@ GENERATE_VARIANTS = {  # name: (preset, --set overrides)
     "sds-7.5": ("sds-7.5", []),
     "sds-100": ("sds-100", []),
     "lods-emb-paper": ("paper-embedding", []),
-    "lods-emb": ("default", []),
+    "lods-emb": ("shapes", []),
     "lods-lora-paper": ("paper-lora", []),
     "lods-lora-1e-3": ("paper-lora", ["lora_lr=1e-3"]),
 }
@@ -282,7 +282,7 @@ def eval2d_cli(task: str, variant_specs: list[str] | None, out: Path, captions: 
                                   f"got {spec!r}")
             items = [kv.strip() for kv in body.split(",") if kv.strip()]
             preset = next((kv.split("=", 1)[1] for kv in items if kv.startswith("preset=")),
-                          "default" if task == "generate" else "edit")
+                          "shapes" if task == "generate" else "edit")
             variants[name] = (preset, [kv for kv in items if not kv.startswith("preset=")])
     rows = run_eval2d(task, variants, out, captions, seeds, steps, log)
     return markdown(task, rows) + f"\nwrote {out / f'eval2d-{task}.md'} and {out / f'eval2d-{task}.json'}"

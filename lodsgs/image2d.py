@@ -51,6 +51,7 @@ class Image2DConfig:
 
 PRESETS: dict[str, dict] = {  # the paper's 2D settings (lods.md §7.3 / the official playgrounds) and ours
     "default": {},
+    "shapes": {"guidance_scale": 3.0},  # the shapes prior's own CFG (its DDIM samples' and the 3D profile's)
     "sds-7.5": {"method": "sds", "guidance_scale": 7.5},
     "sds-100": {"method": "sds", "guidance_scale": 100.0},
     "paper-embedding": {"method": "lods-embedding", "guidance_scale": 100.0, "embedding_lr": 1e-4},
