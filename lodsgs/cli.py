@@ -465,6 +465,78 @@ def prior_sanity(
         json_out.write_text(json.dumps({"rows": rows, "mean": mean, "n": n, "cfg": cfg}, indent=2))
 
 
+Set2DOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="2D setting KEY=VALUE (repeatable), e.g. "
+                                                                     "guidance_scale=100, embedding_lr=1e-3.")]
+Preset2DOpt = Annotated[str | None, typer.Option("--preset", help="2D preset: default (shapes with --prior "
+                                                                  "shapes), sds-7.5, sds-100, paper-embedding, "
+                                                                  "paper-lora, edit.")]
+
+
+@app.command("image", epilog="""**Examples**
+
+    lodsgs image "a red cube" --prior shapes                      # 4 particles, 32², CPU, about a minute
+
+    lodsgs image "a red cube" --prior shapes --preset paper-embedding --particles 6
+
+    lodsgs image "an astronaut riding a horse" --preset paper-lora --device cuda   # SD latents, VAE-decoded
+""")
+@friendly
+def image_cmd(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    particles: Annotated[int | None, typer.Option("--particles", help="Images optimized together.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sds, lods-embedding or lods-lora.")] = None,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/image-<prompt>-<seed>).")
+                   ] = None,
+    prior: PriorOpt = None,
+    preset: Preset2DOpt = None,
+    sets: Set2DOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Optimize images directly with the prior's distillation loss; writes image.png (the particles side by side),
+    progress.png, log.jsonl and metrics.json."""
+    from lodsgs.generate import resolve_device
+    from lodsgs.image2d import generate_image, make_config, slug
+    cfg = make_config(preset or ("shapes" if prior == "shapes" else "default"), sets, particles=particles,
+                      method=method, seed=seed, steps=steps)
+    run_dir = out or Path("runs") / f"image-{slug(prompt)}-{cfg.seed}"
+    generate_image(prompt, cfg, run_dir, prior or "sd21", device=resolve_device(device or "auto"))
+    typer.echo(f"wrote {run_dir}")
+
+
+@app.command("edit", epilog="""**Examples**
+
+    lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes
+
+    lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes --method lods
+""")
+@friendly
+def edit_cmd(
+    image: Annotated[Path, typer.Argument(help="The image to edit (PNG or JPEG).")],
+    source: Annotated[str, typer.Option("--source", help="Caption of the image as it is.")],
+    target: Annotated[str, typer.Option("--target", help="Caption of the image as it should become.")],
+    method: Annotated[str | None, typer.Option(
+        "--method", help="lods (default: LODS-embedding, α from the source caption), sds, dds or lods-lora.")] = None,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/edit-<target>-<seed>).")
+                   ] = None,
+    prior: PriorOpt = None,
+    preset: Preset2DOpt = None,
+    sets: Set2DOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Move IMAGE from the --source caption to the --target one, keeping what the edit does not ask to change;
+    writes edited.png, before_after.png, progress.png, log.jsonl and metrics.json."""
+    from lodsgs.generate import resolve_device
+    from lodsgs.image2d import edit_image, make_config, slug
+    cfg = make_config(preset or "edit", sets, method=method, seed=seed, steps=steps)
+    run_dir = out or Path("runs") / f"edit-{slug(target)}-{cfg.seed}"
+    edit_image(image, source, target, cfg, run_dir, prior or "sd21", device=resolve_device(device or "auto"))
+    typer.echo(f"wrote {run_dir}")
+
+
 @app.command("eval", epilog="""**Examples**
 
     lodsgs eval --out runs/eval                         # every caption, every default method
@@ -489,6 +561,10 @@ def eval_cmd(
         "--seeds", help="Comma-separated seeds, e.g. 0,1,2: one run per caption, method and seed; the tables "
                         "give mean ± sd across seeds. Default: the config's seed.")] = None,
     steps: StepsOpt = None,
+    two_d: Annotated[bool, typer.Option("--2d", help="2D instead: `lodsgs image` / `lodsgs edit` runs scored "
+                                                     "against truth renders (see --task).")] = False,
+    task: Annotated[str, typer.Option("--task", help="With --2d: generate, colour (edits) or shape (edits).")
+                    ] = "generate",
 ) -> None:
     """Generate shapes-world captions with each method and score them against ground-truth renders: PSNR,
     silhouette IoU, colour error, and shape / colour R-precision (R@1) for single-object captions."""
@@ -496,6 +572,10 @@ def eval_cmd(
     if seeds is not None and seed is not None:
         raise LodsgsError("give --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else None
+    if two_d:
+        from lodsgs.eval2d import eval2d_cli
+        typer.echo(eval2d_cli(task, variant, out, caption, seed_list or [seed or 0], steps, log=typer.echo))
+        return
     variants = dict(DEFAULT_VARIANTS)
     if variant:
         variants = {}

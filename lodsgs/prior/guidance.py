@@ -122,9 +122,18 @@ class Guidance(nn.Module):
 
     def forward(self, images: Tensor, views: list[str], step: int) -> GuidanceOutput:
         """images [B,H,W,3] in [0,1] (with grad), one view label per image, the optimization step."""
+        return self.distill(self.prior.encode_images(images), views, step)  # [B,C,h,w], grad flows to the renders
+
+    def distill(self, x0: Tensor, views: list[str], step: int, source: tuple[Tensor, Tensor] | None = None
+                ) -> GuidanceOutput:
+        """forward() from the diffusion model's x0 [B,C,h,w] (with grad): 2D particles enter here directly.
+
+        ``source`` = (x0_src [B,C,h,w], text embeddings [B,tokens,width]) makes it Delta Denoising Score
+        (Hertz et al. 2023): the ε in the gradient is replaced by the source branch's CFG prediction on x0_src
+        noised with the same ε and t, so g = w(t)·(ε_cfg(x_t; y) − ε_cfg(x̂_t; ŷ)).
+        """
         prior, cfg, gen = self.prior, self.cfg, self.generator
         lods = cfg.method != "sds"
-        x0 = prior.encode_images(images)  # [B,C,h,w], grad flows to the renders
         B, dev = x0.shape[0], x0.device
         cond = self.text_embeddings(views)
         # the prior loss first, like the official code; same α / ψ as the SDS branch below
@@ -134,8 +143,9 @@ class Guidance(nn.Module):
         noise = torch.randn(x0.shape, generator=gen, device=dev, dtype=torch.float32)
         with torch.no_grad():
             eps_c, eps_u = self._noise_predictions(prior.add_noise(x0.detach().float(), noise, t), t, cond)
+            reference = noise if source is None else self._cfg_prediction(*source, noise, t)
         w = 1.0 - prior.alphas_cumprod[t]  # [B]
-        loss = guidance_loss(x0, eps_c, eps_u, noise, w, cfg.guidance_scale, normalized=lods)
+        loss = guidance_loss(x0, eps_c, eps_u, reference, w, cfg.guidance_scale, normalized=lods)
         gap = (eps_c.float() - eps_u.float()).pow(2).mean().sqrt()
         extra = self._diagnostics()
         values = torch.stack([loss.detach(), prior_loss.detach().float(), t.float().mean(), gap,
@@ -174,6 +184,11 @@ class Guidance(nn.Module):
         uncond = (self.embedding.detach() if self.embedding is not None else self.negative).expand(B, -1, -1)
         both = self.prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond.to(cond)]))
         return both.chunk(2)
+
+    def _cfg_prediction(self, x0: Tensor, cond: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """ε_u + ω(ε_c − ε_u) on x0 noised with the given ε and t (DDS's source branch)."""
+        eps_c, eps_u = self._noise_predictions(self.prior.add_noise(x0.float(), noise, t), t, cond)
+        return eps_u + self.cfg.guidance_scale * (eps_c - eps_u)
 
     def _prior_loss(self, x0: Tensor) -> Tensor:
         """Plain ε-MSE on the detached x0, t ~ U{0..T−1}, its own noise, no CFG: grads reach α / ψ only."""
