@@ -22,6 +22,7 @@ from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
 from lodsgs.prior.guidance import GuidanceConfig
 from lodsgs.splats.densify import DensifyConfig
+from lodsgs.splats.mesh import MeshConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "lods_embedding"
@@ -43,6 +44,7 @@ class RunConfig:
     spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a fifth of the .ply)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
     view_every: int = 10  # with --view: push the current splats to the browser every N steps
+    mesh: bool = False  # also write RUN_DIR/mesh.glb (vertex-coloured, watertight; needs lodsgs[mesh])
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 # --- loading and overriding -------------------------------------------------------------------
@@ -257,6 +260,8 @@ RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("densify.refine_stop", 0, None, False), ("densify.grow_grad2d", 0, None, False),
     ("densify.grow_quantile", 0, 1, False), ("densify.grow_scale3d", 0, None, False),
     ("densify.prune_opa", 0, 1, False), ("densify.prune_scale3d", 0, None, True),
+    ("mesh.resolution", 8, 1024, False), ("mesh.threshold", 0, None, True), ("mesh.faces", 0, None, False),
+    ("mesh.min_component", 0, 1, False), ("mesh.views", 1, None, False), ("mesh.view_size", 16, None, False),
     ("densify.scene_scale", 0, None, True), ("densify.reset_every", 0, None, False),
     ("densify.max_gaussians", 1, None, False),
 ]
@@ -291,19 +296,24 @@ def validate(cfg: Config) -> None:
         raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
     if not all(0 <= v <= 1 for v in cfg.render.background):
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
+    if cfg.run.mesh:  # at load time, not after the run
+        from lodsgs.splats.mesh import need_mesh_libraries
+        need_mesh_libraries(decimate=cfg.mesh.faces > 0)
 
 
 # Settings that change what a run produces: everything but these (how often it logs, where it runs, how its
 # turntable is drawn). Their hash names a result, so batch and eval can tell a stale result from a current one.
 NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every", "turntable_frames",
-                       "turntable_size", "spz", "keep_checkpoints", "view_every"}}
+                       "turntable_size", "spz", "keep_checkpoints", "view_every", "mesh"}, "mesh": None}  # None: all
 
 
 def config_hash(cfg: Config) -> str:
     """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out)."""
     d = to_dict(cfg)
     for section, keys in NOT_IN_HASH.items():
-        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+        d[section] = {k: v for k, v in d[section].items() if keys is not None and k not in keys}
+        if not d[section]:
+            del d[section]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -313,7 +323,8 @@ def config_diff(a: dict, b: dict) -> list[str]:
     for section in a.keys() | b.keys():
         sa, sb = a.get(section, {}), b.get(section, {})
         for key in sorted(sa.keys() | sb.keys()):
-            if key not in NOT_IN_HASH.get(section, set()) and sa.get(key) != sb.get(key):
+            skip = NOT_IN_HASH.get(section, set())
+            if (skip is not None and key not in skip) and sa.get(key) != sb.get(key):
                 out.append(f"{section}.{key}: {sa.get(key)!r} -> {sb.get(key)!r}")
     return sorted(out)
 
