@@ -37,7 +37,7 @@ class MeshConfig:
 
     resolution: int = 128  # grid cells along the longest side of the splats' bounds (a cell is ~1 % of it)
     threshold: float = 0.5  # density level of the surface: half of one opaque Gaussian's peak
-    faces: int = 0  # decimate to about this many faces (0 = keep marching cubes' own)
+    faces: int = 30000  # decimate to about this many faces (0 = keep marching cubes' own: 80k-170k at 128)
     min_component: float = 0.05  # drop pieces with fewer faces than this share of the largest piece
     views: int = 8  # colour views per elevation ring (two rings, plus top and bottom)
     view_size: int = 128  # pixel size of the colour views
@@ -121,13 +121,13 @@ def quadratic_form(d: Tensor, A: Tensor) -> Tensor:
 def fill_inside(field: np.ndarray, threshold: float, seal: int = SEAL) -> np.ndarray:
     """The field raised above ``threshold`` inside closed surfaces: splats cover a surface, so the density of a
     closed object is a shell with a hollow inside; filling it leaves one surface, the outer one. The shell is
-    found thickened by ``seal`` cells (a one-cell sheet is leaky between diagonal cells, and randomly placed
-    Gaussians leave pinholes), and the inside found within it is grown back by ``seal`` + 1 cells to meet it."""
-    from scipy.ndimage import binary_dilation, binary_fill_holes
-    shell = binary_dilation(field > threshold, iterations=seal)
-    inside = binary_dilation(binary_fill_holes(shell) & ~shell, iterations=seal + 1)
+    thickened by ``seal`` cells before its inside is filled (a one-cell sheet leaks between diagonal cells, and
+    randomly placed Gaussians leave pinholes), then the filled solid is thinned back by as much (a closing), so
+    pinholes up to 2·``seal`` cells wide are shut and the outside keeps its shape."""
+    from scipy.ndimage import binary_dilation, binary_erosion, binary_fill_holes
+    solid = binary_erosion(binary_fill_holes(binary_dilation(field > threshold, iterations=seal)), iterations=seal)
     out = field.copy()
-    out[inside] = np.maximum(out[inside], 2 * threshold)
+    out[solid] = np.maximum(out[solid], 2 * threshold)
     return out
 
 
@@ -155,17 +155,14 @@ def clean(verts: np.ndarray, faces: np.ndarray, min_component: float):
     return mesh
 
 
-def decimate(mesh, faces: int):
-    """Quadric decimation (fast-simplification through trimesh) to about ``faces`` faces; unchanged if it
-    already has fewer."""
+def decimate(mesh, faces: int, min_component: float):
+    """Quadric decimation (fast-simplification through trimesh) to about ``faces`` faces, cleaned again (it
+    leaves stray two-face slivers behind); unchanged if the mesh already has fewer."""
     if faces <= 0 or len(mesh.faces) <= faces:
         return mesh
     need_mesh_libraries(decimate=True)
-    import trimesh
     out = mesh.simplify_quadric_decimation(face_count=faces)
-    out.merge_vertices()
-    trimesh.repair.fix_normals(out, multibody=True)
-    return out
+    return clean(out.vertices, out.faces, min_component)
 
 
 def colour_cameras(centre: Tensor, radius: float, n: int, size: int):
@@ -230,11 +227,11 @@ def splats_to_mesh(splats: Splats, cfg: MeshConfig | None = None):
     colours in ``metadata["rgb"]``; a one-line LodsgsError for empty, transparent or surfaceless splats."""
     cfg = cfg or MeshConfig()
     need_mesh_libraries(decimate=cfg.faces > 0)
-    if splats.num == 0 or float(splats.opacities.max()) <= TAIL:
+    if splats.num == 0 or float(splats.opacities.detach().max()) <= TAIL:
         raise LodsgsError("the splats are empty or fully transparent: there is no surface to mesh")
     grid = grid_box(splats, cfg.resolution)
     field = fill_inside(density_grid(splats, grid).numpy(), cfg.threshold)
-    mesh = decimate(clean(*surface(field, grid, cfg.threshold), cfg.min_component), cfg.faces)
+    mesh = decimate(clean(*surface(field, grid, cfg.threshold), cfg.min_component), cfg.faces, cfg.min_component)
     rgb = vertex_colors(mesh.vertices, mesh.vertex_normals, mesh.faces, splats, cfg, tolerance=2 * grid.voxel)
     mesh.visual.vertex_colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
     mesh.metadata["rgb"] = rgb
@@ -297,7 +294,18 @@ def load_mesh(path: Path):
         raise LodsgsError(f"cannot read {str(path)!r} as a mesh: {str(e).splitlines()[0] if str(e) else e}") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise LodsgsError(f"cannot read {str(path)!r} as a mesh: it has no faces")
+    mesh.metadata["colours"] = mesh.visual.kind == "vertex" or (
+        Path(path).suffix.lower() == ".glb" and "COLOR_0" in glb_json(Path(path)).decode(errors="replace"))
     return mesh
+
+
+def glb_json(path: Path) -> bytes:
+    """The JSON chunk of a binary glTF file (trimesh keeps no COLOR_0 beside a material, so ``info`` reads it)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+        if len(head) < 20 or head[:4] != b"glTF":
+            return b""
+        return f.read(struct.unpack("<I", head[12:16])[0])
 
 
 def mesh_summary(mesh) -> dict:
@@ -309,4 +317,5 @@ def mesh_summary(mesh) -> dict:
     euler = int(merged.euler_number)
     return {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "pieces": pieces, "watertight": watertight,
             "euler": euler, "genus": (2 * pieces - euler) // 2 if watertight else None,
-            "bounds": np.round(mesh.bounds, 3).tolist(), "colours": mesh.visual.kind == "vertex"}
+            "bounds": np.round(mesh.bounds, 3).tolist(),
+            "colours": mesh.metadata.get("colours", mesh.visual.kind == "vertex")}
