@@ -17,8 +17,15 @@ from lodsgs.config import load_config
 from lodsgs.errors import LodsgsError
 from lodsgs.prior.shapes.world import build_object
 from lodsgs.splats.io import write_ply
-from lodsgs.splats.mesh import (MeshConfig, glb_bytes, load_mesh, mesh_summary, splats_to_mesh, srgb_to_linear,
-                                write_mesh)
+from lodsgs.splats.mesh import (
+    MeshConfig,
+    glb_bytes,
+    load_mesh,
+    mesh_summary,
+    splats_to_mesh,
+    srgb_to_linear,
+    write_mesh,
+)
 from lodsgs.splats.mesh_render import render_mesh
 from lodsgs.splats.model import Splats
 
