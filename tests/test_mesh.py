@@ -180,3 +180,15 @@ def test_generate_with_run_mesh_writes_mesh_glb(tiny_prior_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     mesh = load_mesh(tmp_path / run_name("a corgi", 0) / "mesh.glb")
     assert len(mesh.faces) > 0
+
+
+def test_missing_mesh_extra_is_one_line(monkeypatch):
+    import importlib.util
+
+    from lodsgs.splats.mesh import need_mesh_libraries
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(LodsgsError, match=r"mesh export needs skimage: pip install 'lodsgs\[mesh\]'"):
+        need_mesh_libraries()
+    with pytest.raises(LodsgsError, match="lodsgs\\[mesh\\]"):
+        load_config(None, ["run.mesh=true"])  # at load time, not after a run
