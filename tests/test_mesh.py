@@ -41,6 +41,7 @@ def torus():
     return splats, splats_to_mesh(splats, FAST)
 
 
+@pytest.mark.slow
 def test_torus_mesh_is_watertight_with_one_hole_and_matches_its_splats(torus):
     from benchmarks.bench_mesh import score_mesh
     splats, mesh = torus
@@ -53,15 +54,16 @@ def test_torus_mesh_is_watertight_with_one_hole_and_matches_its_splats(torus):
 
 
 def test_sphere_mesh_is_one_closed_surface_without_its_hollow_inside():
-    mesh = splats_to_mesh(build_object("a green sphere"), FAST)
+    mesh = splats_to_mesh(build_object("a green sphere"), MeshConfig(resolution=32, views=2, view_size=32, faces=0))
     s = mesh_summary(mesh)
     assert s["watertight"] and s["pieces"] == 1 and s["genus"] == 0, s
     r = np.linalg.norm(mesh.vertices, axis=1)  # splats on a radius-0.5 shell: no inner surface
-    assert r.min() > 0.45 and r.max() < 0.56
+    assert r.min() > 0.45 and r.max() < 0.58  # outwards by up to two cells (each Gaussian widened by half a cell)
     green = mesh.metadata["rgb"].mean(0)
     assert green[1] > 2 * green[0] and green[1] > 2 * green[2]
 
 
+@pytest.mark.slow
 def test_decimation_keeps_the_surface_closed(torus):
     pytest.importorskip("fast_simplification")
     mesh = splats_to_mesh(torus[0], MeshConfig(resolution=64, views=4, view_size=64, faces=4000))
@@ -69,6 +71,7 @@ def test_decimation_keeps_the_surface_closed(torus):
     assert s["faces"] <= 4100 and s["watertight"] and s["genus"] == 1, s
 
 
+@pytest.mark.slow
 def test_glb_is_unlit_with_linear_float_colours_and_loads_back(torus, tmp_path):
     _, mesh = torus
     write_mesh(mesh, tmp_path / "m.glb", "glb")
@@ -110,7 +113,7 @@ def test_rasterizer_draws_a_cube_where_it_projects():
     assert torch.allclose(out.rgb[0, 0, 0], torch.tensor(1.0))
 
 
-@pytest.mark.parametrize("case", ["empty", "transparent", "threshold"])
+@pytest.mark.parametrize("case", ["empty", "transparent", pytest.param("threshold", marks=pytest.mark.slow)])
 def test_bad_scene_is_one_line_and_writes_nothing(case, tmp_path):
     splats = build_object("a blue cube")
     sets = []
@@ -144,6 +147,7 @@ def test_bad_export_arguments_are_one_line_and_write_nothing(args, message, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ply"]
 
 
+@pytest.mark.slow
 def test_export_from_a_run_folder_by_extension_then_info(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -170,6 +174,7 @@ def test_run_mesh_key_stays_out_of_the_result_hash():
         load_config(None, ["mesh.threshold=0"])
 
 
+@pytest.mark.slow
 def test_generate_with_run_mesh_writes_mesh_glb(tiny_prior_dirs, tmp_path):
     from test_generate import tiny_args
 
