@@ -87,7 +87,7 @@ def truth_rows(cfg: MeshConfig, captions: list[str], log=print) -> list[dict]:
     rows = []
     for caption in captions:
         rows.append(measure(caption, world.build_object(caption), cfg, GENUS.get(world.parse(caption)[0][1], 0)))
-        log(table(rows[-1:])[-1])
+        log(table(rows[-1:])[2])
     return rows
 
 
@@ -99,7 +99,7 @@ def run_rows(cfg: MeshConfig, folder: Path, log=print) -> list[dict]:
         parts = world.parse(prompt) if prompt in world.captions() else []
         genus = GENUS.get(parts[0][1], 0) if len(parts) == 1 else None
         rows.append(measure(prompt or ply.parent.name, read_ply(ply), cfg, genus))
-        log(table(rows[-1:])[-1])
+        log(table(rows[-1:])[2])
     return rows
 
 

@@ -197,3 +197,18 @@ def test_missing_mesh_extra_is_one_line(monkeypatch):
         need_mesh_libraries()
     with pytest.raises(LodsgsError, match="lodsgs\\[mesh\\]"):
         load_config(None, ["run.mesh=true"])  # at load time, not after a run
+
+
+def test_density_grid_matches_the_sum_over_every_gaussian():
+    from lodsgs.splats.mesh import TAIL, covariances, density_grid, grid_box
+    splats = Splats.random_ball(12, radius=0.4, seed=3, opacity=0.9)
+    splats.params["scales"].data += torch.tensor([0.0, 1.0, -1.5])  # anisotropic, rotated below
+    splats.params["quats"].data = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    grid = grid_box(splats, 20)
+    got = density_grid(splats, grid)
+    _, inv = covariances(splats, grid.voxel / 2)
+    idx = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid.shape), indexing="ij"), -1).reshape(-1, 3)
+    d = (grid.origin + idx * grid.voxel)[:, None] - splats.means.detach()[None]
+    want = (splats.opacities.detach() * torch.exp(-0.5 * torch.einsum("pni,nij,pnj->pn", d, inv, d))).sum(1)
+    assert (got.reshape(-1) - want).abs().max() <= 12 * TAIL  # each Gaussian's tail below TAIL is left out
+    assert got.max() > 0.5

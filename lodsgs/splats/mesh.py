@@ -81,32 +81,35 @@ def grid_box(splats: Splats, resolution: int) -> Grid:
 
 @torch.no_grad()
 def density_grid(splats: Splats, grid: Grid, chunk: int = 4_000_000) -> Tensor:
-    """The opacity density at every grid point, each Gaussian added over the cube of voxels its tail reaches
-    (Gaussians grouped by that cube's size, a chunk of them at a time)."""
+    """The opacity density at every grid point, each Gaussian added over the box of cells its tail reaches
+    (Gaussians grouped by that box's size, a chunk of them at a time)."""
     covar, inv = covariances(splats, BLUR * grid.voxel)
     opacity = splats.opacities.detach()
     live = opacity > TAIL
     covar, inv, opacity, means = covar[live], inv[live], opacity[live], splats.means.detach()[live]
     reach = (2 * (opacity / TAIL).log()).sqrt()  # Mahalanobis radius where the contribution falls to TAIL
     extent = reach[:, None] * covar.diagonal(dim1=1, dim2=2).sqrt()  # axis-aligned half-sizes
-    side = (extent.amax(-1) / grid.voxel).ceil().long().clamp(1, max(grid.shape))  # half-side of the cube
+    cells = (extent / grid.voxel).ceil().clamp(1, max(grid.shape)).long()
+    # half-sides in cells: an axis the Gaussian is thin along keeps its own (1-3), the others take the largest,
+    # so there are few distinct boxes (one vectorized pass each) and flat axis-aligned Gaussians stay cheap
+    box = torch.where(cells <= 3, cells, cells.amax(-1, keepdim=True))
     flat = torch.zeros(math.prod(grid.shape))
     dims = torch.tensor(grid.shape)
     strides = torch.tensor([grid.shape[1] * grid.shape[2], grid.shape[2], 1])
-    for r in side.unique().tolist():
-        idx = (side == r).nonzero()[:, 0]
-        ax = torch.arange(-r, r + 1)
-        offsets = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+    for half in box.unique(dim=0).tolist():  # Gaussians with the same box: one vectorized pass
+        idx = (box == torch.tensor(half)).all(-1).nonzero()[:, 0]
+        axes = [torch.arange(-h, h + 1) for h in half]
+        offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         step = max(1, chunk // len(offsets))
         for i in range(0, len(idx), step):
             j = idx[i:i + step]
             centre = ((means[j] - grid.origin) / grid.voxel).round().long()
-            cells = centre[:, None] + offsets[None]  # [n,K,3]
-            d = grid.origin + cells * grid.voxel - means[j][:, None]
+            at = centre[:, None] + offsets[None]  # [n,K,3]
+            d = grid.origin + at * grid.voxel - means[j][:, None]
             m2 = quadratic_form(d, inv[j])
             val = opacity[j][:, None] * torch.exp(-0.5 * m2)
-            ok = (m2 < reach[j, None] ** 2) & ((cells >= 0) & (cells < dims)).all(-1)
-            flat.index_add_(0, (cells[ok] * strides).sum(-1), val[ok])
+            ok = (m2 < reach[j, None] ** 2) & ((at >= 0) & (at < dims)).all(-1)
+            flat.index_add_(0, (at[ok] * strides).sum(-1), val[ok])
     return flat.reshape(grid.shape)
 
 
