@@ -25,7 +25,7 @@ from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 
 MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
-SEAL = 3  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
+SEAL = 5  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
 MARGIN = SEAL + 2  # empty cells around the splats, so the closing and the surface never touch the grid's edge
 BLUR = 0.5  # cells: every Gaussian is widened by this std
 TAIL = 0.01  # contributions o·exp(-m²/2) below this are left out of the density
