@@ -209,22 +209,46 @@ def render(
     lodsgs export runs/x/splats.ply --format splat
 
     lodsgs export runs/x/splats.ply --format ply-sh3 --out x_sh3.ply
+
+    lodsgs export runs/x --out x.glb                         # a vertex-coloured mesh (pip install 'lodsgs[mesh]')
+
+    lodsgs export runs/x/splats.spz --format mesh-ply --set mesh.faces=20000
 """)
 @friendly
 def export(
-    file: Annotated[Path, typer.Argument(help="A splat file: .ply, .splat or .spz.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="splat, spz, ply or ply-sh3.")] = "splat",
+    file: Annotated[Path, typer.Argument(help="A splat file (.ply, .splat, .spz) or a run folder.")],
+    format: Annotated[str | None, typer.Option(
+        "--format", "-f", help="splat, spz, ply or ply-sh3 (splats); glb, obj or mesh-ply (a mesh). Default: from "
+                               "--out's extension, else splat.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="Mesh setting: mesh.key=value "
+                                                   "(repeatable; see docs/mesh.md).")] = None,
 ) -> None:
-    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, or a .ply with SH degree 3."""
+    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, a .ply with SH degree 3, or a
+    vertex-coloured watertight mesh (.glb, .obj, .ply)."""
     from lodsgs.splats.io import load_splats, write_ply, write_splat
+    from lodsgs.splats.mesh import MESH_FORMATS
     from lodsgs.splats.spz import write_spz
     writers = {"splat": (".splat", write_splat), "spz": (".spz", write_spz), "ply": (".ply", write_ply)}
-    if format not in (*writers, "ply-sh3"):
-        raise LodsgsError(f"unknown --format {format!r}; choose splat, spz, ply or ply-sh3")
+    fmt = format or export_format(out)
+    if fmt not in (*writers, "ply-sh3", *MESH_FORMATS):
+        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply or ply-sh3 (splats), glb, obj or "
+                          "mesh-ply (a mesh)")
+    suffix = {**{k: v[0] for k, v in writers.items()}, "ply-sh3": ".ply", **MESH_FORMATS}[fmt]
+    if out is not None and out.suffix.lower() != suffix:
+        raise LodsgsError(f"--out {str(out)!r} does not end in {suffix}, the --format {fmt} extension")
+    if sets and fmt not in MESH_FORMATS:
+        raise LodsgsError("--set applies to the mesh formats (glb, obj, mesh-ply) only")
+    cfg, file = (export_source(file, sets or []))
     splats = load_splats(file)
-    if format in writers:
-        suffix, write = writers[format]
+    if fmt in MESH_FORMATS:
+        from lodsgs.splats.mesh import splats_to_mesh, write_mesh
+        target = out or file.with_suffix(suffix)
+        if target.resolve() == file.resolve():
+            raise LodsgsError(f"{str(file)!r} is the splats; give --out for the mesh")
+        write_mesh(splats_to_mesh(splats, cfg.mesh), target, fmt)
+    elif fmt in writers:
+        suffix, write = writers[fmt]
         target = out or file.with_suffix(suffix)
         if target.resolve() == file.resolve():
             raise LodsgsError(f"{str(file)!r} is already a {suffix} file; give --out for the copy")
@@ -233,6 +257,35 @@ def export(
         target = out or file.with_name(file.stem + "_sh3.ply")
         write_ply(splats, target, sh_degree=3)
     typer.echo(f"wrote {target}")
+
+
+def export_format(out: Path | None) -> str:
+    """The export format --out's extension names; .ply is splats or a mesh, so it needs --format."""
+    if out is None:
+        return "splat"
+    by_suffix = {".splat": "splat", ".spz": "spz", ".glb": "glb", ".obj": "obj"}
+    if out.suffix.lower() == ".ply":
+        raise LodsgsError(f"--out {str(out)!r}: a .ply holds splats or a mesh; give --format ply (splats) or "
+                          "--format mesh-ply")
+    if out.suffix.lower() not in by_suffix:
+        raise LodsgsError(f"--out {str(out)!r}: unknown extension {out.suffix or '(none)'!r}; use .splat, .spz, "
+                          ".ply, .glb or .obj, or give --format")
+    return by_suffix[out.suffix.lower()]
+
+
+def export_source(path: Path, sets: list[str]):
+    """The config (a run folder's own, else the defaults; then ``--set mesh.*``) and the splat file to export."""
+    from lodsgs.config import load_config
+    bad = [s for s in sets if not s.startswith("mesh.")]
+    if bad:
+        raise LodsgsError(f"--set takes mesh settings (mesh.key=value) only; got {bad[0]!r}")
+    if path.is_dir():
+        ply = path / "splats.ply"
+        if not ply.exists():
+            raise LodsgsError(f"{str(path)!r} has no splats.ply; is it a finished run folder?")
+        cfg_file = path / "config.yaml"
+        return load_config(str(cfg_file) if cfg_file.exists() else None, sets), ply
+    return load_config(None, sets), path
 
 
 @app.command(epilog="""**Examples**
@@ -261,11 +314,13 @@ def view(
 @app.command(epilog="**Examples**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d\n\n    lodsgs info --system")
 @friendly
 def info(
-    path: Annotated[Path | None, typer.Argument(help="A run folder or a .ply, .splat or .spz file.")] = None,
+    path: Annotated[Path | None, typer.Argument(help="A run folder, a .ply, .splat or .spz file, or a mesh "
+                                                     "(.glb, .obj, or a .ply with faces).")] = None,
     system: Annotated[bool, typer.Option("--system", help="What this machine can run: torch, CUDA, gsplat, "
                                                           "nvcc, the fused kernel.")] = False,
 ) -> None:
-    """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any) or a splat file."""
+    """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any), a splat file, or a mesh
+    (vertices, faces, watertight, genus, bounds)."""
     from lodsgs.splats.io import load_splats
     if system:
         from lodsgs.system import system_report
@@ -292,6 +347,15 @@ def info(
             from lodsgs.runlog import format_summary, summarize
             typer.echo(format_summary(summarize(log)))
         return
+    if is_mesh_file(path):
+        from lodsgs.splats.mesh import load_mesh, mesh_summary
+        m = mesh_summary(load_mesh(path))
+        genus = f", genus {m['genus']}" if m["genus"] is not None else ""
+        typer.echo(f"{path}: mesh, {m['vertices']} vertices, {m['faces']} faces, {m['pieces']} piece(s), "
+                   f"{'watertight' if m['watertight'] else 'not watertight'}, Euler number {m['euler']}{genus}, "
+                   f"{'vertex colours' if m['colours'] else 'no vertex colours'}, bounds {m['bounds'][0]} .. "
+                   f"{m['bounds'][1]} (y-up)")
+        return
     splats = load_splats(path)
     lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
     typer.echo(f"{path}: {splats.num} Gaussians, SH degree {splats.sh_degree}, "
@@ -317,6 +381,18 @@ def plot_log(
     from lodsgs.plot import plot_logs
     labelled = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
     typer.echo(f"wrote {plot_logs({k: Path(v) for k, v in labelled.items()}, keys.split(','), out, window)}")
+
+
+def is_mesh_file(path: Path) -> bool:
+    """A .glb / .gltf / .obj, or a .ply with a face element (a splat .ply has vertices only)."""
+    suffix = path.suffix.lower()
+    if suffix in (".glb", ".gltf", ".obj"):
+        return True
+    if suffix != ".ply" or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096).split(b"end_header")[0]
+    return b"element face" in head
 
 
 def _load_run(path: Path):

@@ -43,6 +43,7 @@ class RunConfig:
     spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a fifth of the .ply)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
     view_every: int = 10  # with --view: push the current splats to the browser every N steps
+    mesh: bool = False  # also write RUN_DIR/mesh.glb (vertex-coloured, watertight; needs lodsgs[mesh])
 
 
 @dataclass
@@ -155,6 +156,28 @@ class RenderConfig:
 
 
 @dataclass
+class MeshConfig:
+    """Mesh export settings (``lodsgs export --format glb``, ``run.mesh=true``)."""
+
+    resolution: int = 128  # grid cells along the longest side of the splats' bounds (a cell is ~1 % of it)
+    threshold: float = 0.5  # density level of the surface: half of one opaque Gaussian's peak
+    faces: int = 30000  # decimate to about this many faces (0 = keep marching cubes' own: 80k-170k at 128)
+    min_component: float = 0.05  # drop pieces with fewer faces than this share of the largest piece
+    views: int = 8  # colour views per elevation ring (two rings, plus top and bottom)
+    view_size: int = 128  # pixel size of the colour views
+
+
+def need_mesh_libraries(decimate: bool = False) -> None:
+    """One-line error when the ``mesh`` extra is missing."""
+    import importlib.util
+    names = ["skimage", "trimesh", "scipy"] + (["fast_simplification"] if decimate else [])
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    if missing:
+        raise LodsgsError(f"mesh export needs {', '.join(missing)}: pip install 'lodsgs[mesh]'")
+
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -164,6 +187,7 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 # --- loading and overriding -------------------------------------------------------------------
@@ -321,6 +345,8 @@ RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("densify.refine_stop", 0, None, False), ("densify.grow_grad2d", 0, None, False),
     ("densify.grow_quantile", 0, 1, False), ("densify.grow_scale3d", 0, None, False),
     ("densify.prune_opa", 0, 1, False), ("densify.prune_scale3d", 0, None, True),
+    ("mesh.resolution", 8, 1024, False), ("mesh.threshold", 0, None, True), ("mesh.faces", 0, None, False),
+    ("mesh.min_component", 0, 1, False), ("mesh.views", 1, None, False), ("mesh.view_size", 16, None, False),
     ("densify.scene_scale", 0, None, True), ("densify.reset_every", 0, None, False),
     ("densify.max_gaussians", 1, None, False),
 ]
@@ -355,19 +381,23 @@ def validate(cfg: Config) -> None:
         raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
     if not all(0 <= v <= 1 for v in cfg.render.background):
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
+    if cfg.run.mesh:  # at load time, not after the run
+        need_mesh_libraries(decimate=cfg.mesh.faces > 0)
 
 
 # Settings that change what a run produces: everything but these (how often it logs, where it runs, how its
 # turntable is drawn). Their hash names a result, so batch and eval can tell a stale result from a current one.
 NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every", "turntable_frames",
-                       "turntable_size", "spz", "keep_checkpoints", "view_every"}}
+                       "turntable_size", "spz", "keep_checkpoints", "view_every", "mesh"}, "mesh": None}  # None: all
 
 
 def config_hash(cfg: Config) -> str:
     """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out)."""
     d = to_dict(cfg)
     for section, keys in NOT_IN_HASH.items():
-        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+        d[section] = {k: v for k, v in d[section].items() if keys is not None and k not in keys}
+        if not d[section]:
+            del d[section]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -377,7 +407,8 @@ def config_diff(a: dict, b: dict) -> list[str]:
     for section in a.keys() | b.keys():
         sa, sb = a.get(section, {}), b.get(section, {})
         for key in sorted(sa.keys() | sb.keys()):
-            if key not in NOT_IN_HASH.get(section, set()) and sa.get(key) != sb.get(key):
+            skip = NOT_IN_HASH.get(section, set())
+            if (skip is not None and key not in skip) and sa.get(key) != sb.get(key):
                 out.append(f"{section}.{key}: {sa.get(key)!r} -> {sb.get(key)!r}")
     return sorted(out)
 

@@ -29,6 +29,7 @@ from lodsgs.prior.guidance import Guidance
 from lodsgs.runlog import RunLog, make_record
 from lodsgs.splats.densify import Densifier
 from lodsgs.splats.io import read_ply, write_ply, write_splat
+from lodsgs.splats.mesh import splats_to_mesh, write_mesh
 from lodsgs.splats.model import Splats, make_optimizers, rgb_to_sh0
 from lodsgs.splats.render import render
 from lodsgs.splats.spz import write_spz
@@ -494,6 +495,8 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
     if cfg.run.spz:
         write_spz(s.splats, run_dir / "splats.spz")
     write_media(s.splats, cfg, run_dir)
+    if cfg.run.mesh:
+        write_mesh(splats_to_mesh(s.splats, cfg.mesh), run_dir / "mesh.glb", "glb")
     metrics = {
         "prompt": prompt,
         "seed": cfg.run.seed,
@@ -512,7 +515,7 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
 
 
 OUTPUTS = ("splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",
-           "log.jsonl", "config.yaml", "prompt.txt", "checkpoints", "progress")
+           "mesh.glb", "log.jsonl", "config.yaml", "prompt.txt", "checkpoints", "progress")
 
 
 def clear_outputs(run_dir: Path) -> None:

@@ -93,3 +93,36 @@ def test_exports_in_spark(name, fmt, tmp_path):
     assert_upright(name, shot)
     assert scores["iou"] >= 0.95, scores
     assert scores["colour_diff"] <= 0.05, scores
+
+
+@pytest.mark.slow
+def test_mesh_glb_in_three_gltfloader(tmp_path):
+    """The GLB of `lodsgs export --format glb` in three.js's GLTFLoader: upright, the splats' silhouette and colours."""
+    browser.need_browser()
+    npm = browser.WEB_CACHE / "node_modules"
+    browser.need((npm / "three").is_dir(), f"three is not installed in {browser.WEB_CACHE} (make web)")
+    pytest.importorskip("skimage")
+    from lodsgs.splats.mesh import splats_to_mesh, write_mesh
+    splats = SCENES["a blue cone"]()
+    write_mesh(splats_to_mesh(splats), tmp_path / "mesh.glb", "glb")
+    (tmp_path / "mesh.html").write_text((Path(__file__).parent / "web" / "mesh.html").read_text())
+    position, fov = eval_camera_pose(CAMERA)
+    px, py, pz = position
+    with browser.serve(tmp_path, {"npm": npm}) as base, browser.browser_page(W, H) as page:
+        page.goto(f"{base}/mesh.html?url=mesh.glb&w={W}&h={H}&fov={np.degrees(fov)}&px={px}&py={py}&pz={pz}"
+                  "&bg=ffffff")
+        page.wait_for_function("window.__status !== 'loading'", timeout=120_000)
+        status = page.evaluate("window.__status")
+        assert status == "rendered", status
+        shot = browser.screenshot(page, WHITE)
+        assert not page.problems, page.problems
+    ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
+    scores = browser.compare(shot, ours, WHITE)
+    print(f"three.js GLTFLoader vs lodsgs's splats: {scores}")  # the numbers docs/mesh.md quotes (pytest -s)
+    if os.environ.get("LODSGS_UPDATE_DOCS") == "1":  # docs/mesh.md's picture: the splats, then the mesh in three.js
+        from PIL import Image
+        side = np.concatenate([ours, shot], 1)
+        Image.fromarray((side.clip(0, 1) * 255).astype(np.uint8)).save(Path(__file__).parents[1] / "docs" / "mesh.png")
+    assert_upright("a blue cone", shot)
+    assert scores["iou"] >= 0.9, scores
+    assert scores["colour_diff"] <= 0.05, scores

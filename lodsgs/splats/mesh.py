@@ -1,0 +1,304 @@
+"""Splats to a vertex-coloured, watertight triangle mesh on the CPU: GLB (glTF 2.0), OBJ or PLY.
+
+The path, one function a step: the opacity density sum_i o_i exp(-1/2 d^T S_i^-1 d) of the Gaussians on a grid
+around them (as DreamGaussian's extraction, each Gaussian added over the voxels near it only); the inside of
+closed surfaces filled (splats of a surface are a shell with a hollow inside); marching cubes (scikit-image's
+Lewiner variant, which resolves the ambiguous cube cases so the surface is closed and manifold); clean-up with
+trimesh (merge vertices, drop small pieces); optional quadric decimation (fast-simplification); vertex colours
+taken from the splats' own renders where each vertex is in view. Axes are lodsgs's world: y up, the front
+facing +z, one unit one metre, which is glTF's convention, so no transform is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lodsgs.config import MeshConfig, need_mesh_libraries  # noqa: F401  (re-exported: the mesh API)
+from lodsgs.errors import LodsgsError
+from lodsgs.splats.model import Splats
+
+MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
+SEAL = 5  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
+MARGIN = SEAL + 2  # empty cells around the splats, so the closing and the surface never touch the grid's edge
+BLUR = 0.5  # cells: every Gaussian is widened by this std
+TAIL = 0.01  # contributions o·exp(-m²/2) below this are left out of the density
+
+
+@dataclass
+class Grid:
+    origin: Tensor  # [3] world position of voxel (0, 0, 0)
+    voxel: float  # cell size, world units
+    shape: tuple[int, int, int]
+
+
+def covariances(splats: Splats, blur: float) -> tuple[Tensor, Tensor]:
+    """Covariances and their inverses [N,3,3] of the Gaussians widened by an isotropic ``blur`` (std, world
+    units): a surface's splats are flat, often thinner than a cell, and unwidened they would be missed between
+    grid points. Opacities are kept, so a sheet of opaque splats is dense whatever its thickness."""
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+    wide = (splats.scales.detach().pow(2) + blur**2).sqrt()
+    return _quat_scale_to_covar_preci(splats.quats.detach(), wide, compute_covar=True, compute_preci=True)
+
+
+def grid_box(splats: Splats, resolution: int) -> Grid:
+    """A cubic-celled grid around the Gaussians (3 sigma), ``resolution`` cells along the longest side, with
+    MARGIN empty cells around them so the surface closes."""
+    means = splats.means.detach()
+    reach = 3 * splats.scales.detach().amax(-1, keepdim=True)
+    lo, hi = (means - reach).amin(0), (means + reach).amax(0)
+    voxel = float((hi - lo).max()) / resolution
+    shape = tuple(int(n) + 1 + 2 * MARGIN for n in ((hi - lo) / voxel).ceil().tolist())
+    return Grid(lo - MARGIN * voxel, voxel, shape)
+
+
+@torch.no_grad()
+def density_grid(splats: Splats, grid: Grid, chunk: int = 4_000_000) -> Tensor:
+    """The opacity density at every grid point, each Gaussian added over the box of cells its tail reaches
+    (Gaussians grouped by that box's size, a chunk of them at a time)."""
+    covar, inv = covariances(splats, BLUR * grid.voxel)
+    opacity = splats.opacities.detach()
+    live = opacity > TAIL
+    covar, inv, opacity, means = covar[live], inv[live], opacity[live], splats.means.detach()[live]
+    reach = (2 * (opacity / TAIL).log()).sqrt()  # Mahalanobis radius where the contribution falls to TAIL
+    extent = reach[:, None] * covar.diagonal(dim1=1, dim2=2).sqrt()  # axis-aligned half-sizes
+    cells = (extent / grid.voxel).ceil().clamp(1, max(grid.shape)).long()
+    # half-sides in cells: an axis the Gaussian is thin along keeps its own (1-3), the others take the largest,
+    # so there are few distinct boxes (one vectorized pass each) and flat axis-aligned Gaussians stay cheap
+    box = torch.where(cells <= 3, cells, cells.amax(-1, keepdim=True))
+    flat = torch.zeros(math.prod(grid.shape))
+    dims = torch.tensor(grid.shape)
+    strides = torch.tensor([grid.shape[1] * grid.shape[2], grid.shape[2], 1])
+    for half in box.unique(dim=0).tolist():  # Gaussians with the same box: one vectorized pass
+        idx = (box == torch.tensor(half)).all(-1).nonzero()[:, 0]
+        axes = [torch.arange(-h, h + 1) for h in half]
+        offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        step = max(1, chunk // len(offsets))
+        for i in range(0, len(idx), step):
+            j = idx[i:i + step]
+            centre = ((means[j] - grid.origin) / grid.voxel).round().long()
+            at = centre[:, None] + offsets[None]  # [n,K,3]
+            d = grid.origin + at * grid.voxel - means[j][:, None]
+            m2 = quadratic_form(d, inv[j])
+            val = opacity[j][:, None] * torch.exp(-0.5 * m2)
+            ok = (m2 < reach[j, None] ** 2) & ((at >= 0) & (at < dims)).all(-1)
+            flat.index_add_(0, (at[ok] * strides).sum(-1), val[ok])
+    return flat.reshape(grid.shape)
+
+
+def quadratic_form(d: Tensor, A: Tensor) -> Tensor:
+    """d^T A d for d [n,K,3] and symmetric A [n,3,3], as six products (faster than a batched matmul)."""
+    a = A[:, None]
+    x, y, z = d.unbind(-1)
+    return (a[..., 0, 0] * x * x + a[..., 1, 1] * y * y + a[..., 2, 2] * z * z
+            + 2 * (a[..., 0, 1] * x * y + a[..., 0, 2] * x * z + a[..., 1, 2] * y * z))
+
+
+def fill_inside(field: np.ndarray, threshold: float, seal: int = SEAL) -> np.ndarray:
+    """The field raised above ``threshold`` inside closed surfaces: splats cover a surface, so the density of a
+    closed object is a shell with a hollow inside; filling it leaves one surface, the outer one. The shell is
+    thickened by ``seal`` cells before its inside is filled (a one-cell sheet leaks between diagonal cells, and
+    randomly placed Gaussians leave pinholes), then the filled solid is thinned back by as much (a closing), so
+    pinholes up to 2·``seal`` cells wide are shut and the outside keeps its shape."""
+    from scipy.ndimage import binary_dilation, binary_erosion, binary_fill_holes
+    solid = binary_erosion(binary_fill_holes(binary_dilation(field > threshold, iterations=seal)), iterations=seal)
+    out = field.copy()
+    out[solid] = np.maximum(out[solid], 2 * threshold)
+    return out
+
+
+def surface(field: np.ndarray, grid: Grid, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes (scikit-image, Lewiner) at ``threshold``: vertices in world units and faces."""
+    from skimage.measure import marching_cubes
+    peak = float(field.max())
+    if peak <= threshold:
+        raise LodsgsError(f"no surface at mesh.threshold={threshold:g}: the splats' density peaks at {peak:.3g}; "
+                          "set a lower mesh.threshold")
+    verts, faces, _, _ = marching_cubes(field, level=threshold, spacing=(grid.voxel,) * 3, allow_degenerate=False)
+    return verts + grid.origin.numpy(), faces
+
+
+def clean(verts: np.ndarray, faces: np.ndarray, min_component: float):
+    """A trimesh with close vertices merged, degenerate faces dropped, pieces under ``min_component`` of the
+    largest piece's faces dropped, and every piece wound outwards (counter-clockwise seen from outside)."""
+    import trimesh
+    mesh = trimesh.Trimesh(verts, faces, process=True, validate=True)
+    pieces = mesh.split(only_watertight=False)
+    if len(pieces) > 1:
+        largest = max(len(p.faces) for p in pieces)
+        mesh = trimesh.util.concatenate([p for p in pieces if len(p.faces) >= min_component * largest])
+    trimesh.repair.fix_normals(mesh, multibody=True)
+    return mesh
+
+
+def decimate(mesh, faces: int, min_component: float):
+    """Quadric decimation (fast-simplification through trimesh) to about ``faces`` faces, cleaned again (it
+    leaves stray two-face slivers behind); unchanged if the mesh already has fewer."""
+    if faces <= 0 or len(mesh.faces) <= faces:
+        return mesh
+    need_mesh_libraries(decimate=True)
+    out = mesh.simplify_quadric_decimation(face_count=faces)
+    return clean(out.vertices, out.faces, min_component)
+
+
+def colour_cameras(centre: Tensor, radius: float, n: int, size: int):
+    """Orbit cameras around ``centre`` that see every side: n azimuths at ±30° elevation, plus top and bottom."""
+    from lodsgs.cameras import orbit_cameras
+    az = torch.arange(n) * 360.0 / n
+    elev = torch.cat([torch.full((n,), 30.0), torch.full((n,), -30.0), torch.tensor([89.0, -89.0])])
+    azim = torch.cat([az, az + 180.0 / n, torch.zeros(2)])
+    fovy = 40.0
+    distance = radius / math.sin(math.radians(fovy / 2)) * 1.05
+    m = len(elev)
+    return orbit_cameras(elev, azim, torch.full((m,), distance), torch.full((m,), fovy), size, size,
+                         targets=centre.expand(m, 3))
+
+
+@torch.no_grad()
+def vertex_colors(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, splats: Splats, cfg: MeshConfig,
+                  tolerance: float) -> np.ndarray:
+    """sRGB colours [V,3] from the splats' own renders: each vertex takes the alpha- and cos²-weighted mean
+    colour of the views where the mesh's depth buffer shows it (within ``tolerance``) facing the camera;
+    vertices no view sees take their nearest Gaussians' colour."""
+    from lodsgs.splats.mesh_render import project, render_mesh
+    from lodsgs.splats.render import render
+    v = torch.tensor(np.asarray(verts), dtype=torch.float32)
+    lo, hi = v.amin(0), v.amax(0)
+    cams = colour_cameras((lo + hi) / 2, float((hi - lo).norm()) / 2, cfg.views, cfg.view_size)
+    shot = render(splats, cams)  # over black: rgb is premultiplied by alpha
+    zbuf = render_mesh(v, torch.tensor(np.asarray(faces)), torch.zeros_like(v), cams).depth
+    uv, z = project(v, cams)
+    size = cfg.view_size
+    grid = (uv / size * 2 - 1)[:, :, None]  # [C,V,1,2] for grid_sample (align_corners=False: pixel centres)
+    images = torch.cat([shot.rgb, shot.alpha], -1).permute(0, 3, 1, 2)
+    sampled = torch.nn.functional.grid_sample(images, grid, align_corners=False)[..., 0].permute(0, 2, 1)
+    px = uv.floor().long().clamp(0, size - 1)
+    nearest = zbuf[torch.arange(len(cams))[:, None], px[..., 1], px[..., 0]]
+    seen = (z <= nearest + tolerance) & (uv >= 0).all(-1) & (uv < size).all(-1)
+    towards = torch.nn.functional.normalize(cams.positions[:, None] - v[None], dim=-1)
+    cos = (towards * torch.tensor(np.asarray(normals), dtype=torch.float32)[None]).sum(-1).clamp_min(0)
+    weight = seen * cos**2
+    premult = (weight[..., None] * sampled[..., :3]).sum(0)
+    cover = (weight * sampled[..., 3]).sum(0)
+    rgb = premult / cover.clamp_min(1e-6)[:, None]
+    unseen = cover < 1e-3
+    if unseen.any():
+        rgb[unseen] = nearest_gaussian_colors(v[unseen], splats)
+    return rgb.clamp(0, 1).numpy()
+
+
+def nearest_gaussian_colors(points: Tensor, splats: Splats, k: int = 8, chunk: int = 4096) -> Tensor:
+    """Opacity- and inverse-distance-weighted colour of the ``k`` Gaussians nearest each point."""
+    means, rgb, op = splats.means.detach(), splats.rgb.detach().clamp(0, 1), splats.opacities.detach()
+    out = []
+    for i in range(0, len(points), chunk):
+        d, j = torch.cdist(points[i:i + chunk], means).topk(min(k, len(means)), largest=False)
+        w = op[j] / (d + 1e-4)
+        out.append((w[..., None] * rgb[j]).sum(1) / w.sum(1, keepdim=True))
+    return torch.cat(out)
+
+
+def splats_to_mesh(splats: Splats, cfg: MeshConfig | None = None):
+    """The whole path: a trimesh.Trimesh with sRGB vertex colours (``visual.vertex_colors``, uint8) and the float
+    colours in ``metadata["rgb"]``; a one-line LodsgsError for empty, transparent or surfaceless splats."""
+    cfg = cfg or MeshConfig()
+    need_mesh_libraries(decimate=cfg.faces > 0)
+    if splats.num == 0 or float(splats.opacities.detach().max()) <= TAIL:
+        raise LodsgsError("the splats are empty or fully transparent: there is no surface to mesh")
+    grid = grid_box(splats, cfg.resolution)
+    field = fill_inside(density_grid(splats, grid).numpy(), cfg.threshold)
+    mesh = decimate(clean(*surface(field, grid, cfg.threshold), cfg.min_component), cfg.faces, cfg.min_component)
+    rgb = vertex_colors(mesh.vertices, mesh.vertex_normals, mesh.faces, splats, cfg, tolerance=2 * grid.voxel)
+    mesh.visual.vertex_colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
+    mesh.metadata["rgb"] = rgb
+    return mesh
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function undone (IEC 61966-2-1): glTF vertex colours are linear."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def glb_bytes(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, rgb: np.ndarray) -> bytes:
+    """A binary glTF 2.0 file of one unlit (KHR_materials_unlit) vertex-coloured mesh: float linear COLOR_0, so
+    a viewer shows the splats' sRGB colours unchanged by lighting. trimesh's writer has neither unlit materials
+    nor float colours (it stores uint8, whose steps are 0.05 in dark sRGB once linear)."""
+    arrays = [(np.asarray(verts, "<f4"), 5126, "VEC3", 34962), (np.asarray(normals, "<f4"), 5126, "VEC3", 34962),
+              (srgb_to_linear(np.asarray(rgb, np.float64)).astype("<f4"), 5126, "VEC3", 34962),
+              (np.asarray(faces, "<u4").reshape(-1), 5125, "SCALAR", 34963)]
+    blob, views, accessors = b"", [], []
+    for i, (a, ctype, kind, target) in enumerate(arrays):
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": a.nbytes, "target": target})
+        acc = {"bufferView": i, "componentType": ctype, "count": len(a), "type": kind}
+        if i == 0:
+            acc |= {"min": a.min(0).tolist(), "max": a.max(0).tolist()}
+        accessors.append(acc)
+        blob += a.tobytes() + b"\0" * (-a.nbytes % 4)
+    doc = {"asset": {"version": "2.0", "generator": "lodsgs"}, "extensionsUsed": ["KHR_materials_unlit"],
+           "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "splats"}],
+           "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3,
+                                       "material": 0, "mode": 4}]}],
+           "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
+                                                   "roughnessFactor": 1.0},
+                          "extensions": {"KHR_materials_unlit": {}}}],
+           "buffers": [{"byteLength": len(blob)}], "bufferViews": views, "accessors": accessors}
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(blob)
+    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
+            + struct.pack("<I4s", len(blob), b"BIN\0") + blob)
+
+
+def write_mesh(mesh, path: Path, fmt: str) -> None:
+    """Write ``mesh`` as ``glb``, ``obj`` (vertex colours as 'v x y z r g b') or ``mesh-ply`` (uchar colours),
+    atomically; y up in every format."""
+    from lodsgs.files import atomic_path
+    with atomic_path(Path(path)) as tmp:
+        if fmt == "glb":
+            tmp.write_bytes(glb_bytes(mesh.vertices, mesh.vertex_normals, mesh.faces, mesh.metadata["rgb"]))
+        else:
+            mesh.export(str(tmp), file_type={"obj": "obj", "mesh-ply": "ply"}[fmt])
+
+
+def load_mesh(path: Path):
+    """A mesh file (.glb, .gltf, .obj, .ply with faces) as one trimesh.Trimesh, or a one-line LodsgsError."""
+    need_mesh_libraries()
+    import trimesh
+    try:
+        mesh = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as e:  # trimesh raises many types for foreign or truncated files
+        raise LodsgsError(f"cannot read {str(path)!r} as a mesh: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise LodsgsError(f"cannot read {str(path)!r} as a mesh: it has no faces")
+    mesh.metadata["colours"] = mesh.visual.kind == "vertex" or (
+        Path(path).suffix.lower() == ".glb" and "COLOR_0" in glb_json(Path(path)).decode(errors="replace"))
+    return mesh
+
+
+def glb_json(path: Path) -> bytes:
+    """The JSON chunk of a binary glTF file (trimesh keeps no COLOR_0 beside a material, so ``info`` reads it)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+        if len(head) < 20 or head[:4] != b"glTF":
+            return b""
+        return f.read(struct.unpack("<I", head[12:16])[0])
+
+
+def mesh_summary(mesh) -> dict:
+    """Vertices, faces, pieces, watertight, Euler number, genus (total over pieces, when watertight), bounds."""
+    merged = mesh.copy()
+    merged.merge_vertices()  # glTF / PLY readers may split vertices; topology needs them shared
+    pieces = len(merged.split(only_watertight=False))
+    watertight = bool(merged.is_watertight)
+    euler = int(merged.euler_number)
+    return {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "pieces": pieces, "watertight": watertight,
+            "euler": euler, "genus": (2 * pieces - euler) // 2 if watertight else None,
+            "bounds": np.round(mesh.bounds, 3).tolist(),
+            "colours": mesh.metadata.get("colours", mesh.visual.kind == "vertex")}
