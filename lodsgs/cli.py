@@ -433,7 +433,7 @@ def prior_list() -> None:
 
     lodsgs prior download sd21                         # into the Hugging Face cache
 
-    lodsgs prior download sd15 --to /shared/priors/sd15 # a folder a cluster shares; then --prior /shared/priors/sd15
+    lodsgs prior download sd15 --to /mnt/priors/sd15 # a folder a cluster shares; then --prior /mnt/priors/sd15
 """)
 @friendly
 def prior_download(
@@ -585,7 +585,7 @@ def image_cmd(
 
     lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes
 
-    lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes --method lods
+    lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes --method dds
 """)
 @friendly
 def edit_cmd(

@@ -49,7 +49,8 @@ class Image2DConfig:
     snapshots: int = 8  # columns of the progress strip
 
 
-PRESETS: dict[str, dict] = {  # the paper's 2D settings (lods.md §7.3 / the official playgrounds) and ours
+# the paper's 2D settings (the official 2dplayground_embedding.py / 2dplayground_lora.py) and ours
+PRESETS: dict[str, dict] = {
     "default": {},
     "shapes": {"guidance_scale": 3.0},  # the shapes prior's own CFG (its DDIM samples' and the 3D profile's)
     "sds-7.5": {"method": "sds", "guidance_scale": 7.5},
