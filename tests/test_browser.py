@@ -68,6 +68,21 @@ def test_view_in_browser(name, tmp_path):
     assert scores["colour_diff"] <= 0.05, scores
 
 
+def three_page_shot(folder: Path, page_name: str, url: str) -> np.ndarray:
+    """The settled screenshot of tests/web/PAGE_NAME (a three.js page) showing FOLDER/URL from CAMERA."""
+    (folder / page_name).write_text((Path(__file__).parent / "web" / page_name).read_text())
+    (px, py, pz), fov = eval_camera_pose(CAMERA)
+    with browser.serve(folder, {"npm": browser.WEB_CACHE / "node_modules"}) as base, \
+            browser.browser_page(W, H) as page:
+        page.goto(f"{base}/{page_name}?url={url}&w={W}&h={H}&fov={np.degrees(fov)}&px={px}&py={py}&pz={pz}&bg=ffffff")
+        page.wait_for_function("window.__status !== 'loading'", timeout=120_000)
+        status = page.evaluate("window.__status")
+        assert status == "rendered", status
+        shot = browser.screenshot(page, WHITE)
+        assert not page.problems, page.problems
+    return shot
+
+
 @pytest.mark.parametrize("name", list(SCENES))
 @pytest.mark.parametrize("fmt", ["ply", "splat", "spz"])
 def test_exports_in_spark(name, fmt, tmp_path):
@@ -76,18 +91,8 @@ def test_exports_in_spark(name, fmt, tmp_path):
          f"Spark is not installed in {browser.WEB_CACHE} (make web)")
     splats = SCENES[name]()
     {"ply": write_ply, "splat": write_splat, "spz": write_spz}[fmt](splats, tmp_path / f"scene.{fmt}")
-    (tmp_path / "spark.html").write_text((Path(__file__).parent / "web" / "spark.html").read_text())
+    shot = three_page_shot(tmp_path, "spark.html", f"scene.{fmt}")
     position, fov = eval_camera_pose(CAMERA)
-    px, py, pz = position
-    npm = browser.WEB_CACHE / "node_modules"
-    with browser.serve(tmp_path, {"npm": npm}) as base, browser.browser_page(W, H) as page:
-        page.goto(f"{base}/spark.html?url=scene.{fmt}&w={W}&h={H}&fov={np.degrees(fov)}"
-                  f"&px={px}&py={py}&pz={pz}&bg=ffffff")
-        page.wait_for_function("window.__status !== 'loading'", timeout=120_000)
-        status = page.evaluate("window.__status")
-        assert status == "rendered", status
-        shot = browser.screenshot(page, WHITE)
-        assert not page.problems, page.problems
     ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
     scores = browser.compare(shot, ours, WHITE)
     assert_upright(name, shot)
@@ -105,17 +110,8 @@ def test_mesh_glb_in_three_gltfloader(tmp_path):
     from lodsgs.splats.mesh import splats_to_mesh, write_mesh
     splats = SCENES["a blue cone"]()
     write_mesh(splats_to_mesh(splats), tmp_path / "mesh.glb", "glb")
-    (tmp_path / "mesh.html").write_text((Path(__file__).parent / "web" / "mesh.html").read_text())
+    shot = three_page_shot(tmp_path, "mesh.html", "mesh.glb")
     position, fov = eval_camera_pose(CAMERA)
-    px, py, pz = position
-    with browser.serve(tmp_path, {"npm": npm}) as base, browser.browser_page(W, H) as page:
-        page.goto(f"{base}/mesh.html?url=mesh.glb&w={W}&h={H}&fov={np.degrees(fov)}&px={px}&py={py}&pz={pz}"
-                  "&bg=ffffff")
-        page.wait_for_function("window.__status !== 'loading'", timeout=120_000)
-        status = page.evaluate("window.__status")
-        assert status == "rendered", status
-        shot = browser.screenshot(page, WHITE)
-        assert not page.problems, page.problems
     ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
     scores = browser.compare(shot, ours, WHITE)
     print(f"three.js GLTFLoader vs lodsgs's splats: {scores}")  # the numbers docs/mesh.md quotes (pytest -s)
