@@ -165,8 +165,12 @@ class ImageConfig:
     elevation: float = 0.0  # the reference camera's elevation in degrees (set it for photos taken from above)
     radius: float | None = None  # the reference camera's distance; None: camera.eval_radius
     fovy: float | None = None  # its vertical field of view in degrees; None: camera.eval_fovy
-    rgb_weight: float = 1.0e4  # weight on the reference view's RGB MSE (DreamGaussian 1e4)
-    mask_weight: float = 1.0e3  # weight on the MSE of its alpha against the mask (DreamGaussian 1e3)
+    # weights on the reference view's RGB MSE and on the MSE of its alpha against the mask: a tenth of
+    # DreamGaussian's 1e4 / 1e3 (preset image_lods keeps those). Measured on the shapes prior (ω 3, LODS ÷ω): at
+    # 1e4 / 1e3 the reference's gradient on the means is ~40× the prior's, so under Adam the prior shapes only
+    # what the reference cannot see; at 1e3 / 1e2 ~4× (docs/image-to-3d.md)
+    rgb_weight: float = 1.0e3
+    mask_weight: float = 1.0e2
     ramp_steps: int = 0  # both weights grow linearly from 0 over this many steps (0 = full from the start)
     prior_weight: float = 1.0  # weight on the prior's (LODS / SDS) loss in an image run; 0: the reference alone
 

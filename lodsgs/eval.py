@@ -154,20 +154,24 @@ def chroma(out: Images) -> float:
     return (px.max(-1).values - px.min(-1).values).mean().item() if len(px) else 0.0
 
 
-def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float]) -> dict:
+def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float],
+                  ref_elevation: float | None = None) -> dict:
     """score() against the caption's truth, plus shape and colour R@1 (1.0/0.0) and 1-based ranks by yaw-aligned
     PSNR among rivals(caption), each candidate at its own best yaw; None for two-object scenes.
 
     An underspecified caption ("a cube", "a red shape") is scored against the nearest of the truths it allows
     (``mode``: the best yaw-aligned PSNR), and gets the R@1 of the attribute it names (shape for "a cube")
     with that mode as the caption. Single objects also get ``purity`` and ``saturation_excess`` (mean chroma
-    minus the scored truth's: above 0 is over-saturated)."""
+    minus the scored truth's: above 0 is over-saturated). With ``ref_elevation`` (an image run), also the scores
+    of the back half, the views at least 90° from the reference."""
     modes = world.modes(caption)
     names = list(dict.fromkeys([*modes, *(c for m in modes for group in rivals(m) or () for c in group)]))
     truths = {c: truth_images(c, views, background) for c in names}
     best = align(result, truths, views, background)
     mode = min(modes, key=lambda m: best[m][0])
-    s = metrics(*best[mode], truths[mode]) | {"mode": mode, "images": best[mode][2]}
+    s = metrics(*best[mode], truths[mode]) | {"mode": mode}
+    if ref_elevation is not None:
+        s |= back_half(best[mode][2], truths[mode], views, ref_elevation)
     cands = rivals(mode)
     if cands is None:
         return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None,
@@ -366,11 +370,7 @@ def run_eval(
             except (KeyboardInterrupt, Interrupted):
                 raise Interrupted(f"eval interrupted at {variant!r} / {caption!r}; rerun the same command to "
                                   "continue: finished runs are reused, this one resumes from its checkpoint") from None
-            s = score_caption(splats, caption, views, world.BACKGROUND)
-            if image:
-                s |= back_half(s.pop("images"), truth_images(s["mode"], views, world.BACKGROUND), views,
-                               cfg.image.elevation)
-            s.pop("images", None)
+            s = score_caption(splats, caption, views, world.BACKGROUND, cfg.image.elevation if image else None)
             result.rows.append({"variant": variant, "caption": caption, "seed": cfg.run.seed, **s,
                                 "seconds": seconds, "steps": steps})
     (out / "eval.json").write_text(json.dumps({"rows": result.rows, "summary": result.summary(),

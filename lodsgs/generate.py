@@ -260,17 +260,22 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
     if s.reference is not None:
         ref_term, ref_logs = reference_loss(cfg.image, out.rgb[B], out.alpha[B, ..., 0], s.reference, s.step)
-    g = s.guidance(out.rgb[:B], view_labels(cams, cfg.camera)[:B], s.step)
+    prior_weight = cfg.image.prior_weight if s.reference is not None else 1.0
+    # image.prior_weight 0: the reference alone, and no UNet call for a loss that would be dropped
+    g = s.guidance(out.rgb[:B], view_labels(cams, cfg.camera)[:B], s.step) if prior_weight > 0 else None
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
-    prior_weight = cfg.image.prior_weight if s.reference is not None else 1.0
-    (prior_weight * g.loss + g.prior_loss + ref_term + opaque_term(cfg, out.alpha)).backward()
+    loss = ref_term + opaque_term(cfg, out.alpha)
+    if g is not None:
+        loss = loss + prior_weight * g.loss + g.prior_loss
+    loss.backward()
     for opt in _all_optimizers(s):
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
     # the guidance already read its losses in the step's one device sync: no second .item() per loss here
-    return {"loss": g.logs["sds"], **g.logs, **{k: v.item() for k, v in ref_logs.items()},
+    guided = {"loss": g.logs["sds"], **g.logs} if g is not None else {"loss": float(ref_term)}
+    return {**guided, **{k: v.item() for k, v in ref_logs.items()},
             "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
 
 

@@ -120,17 +120,20 @@ def test_reference_loss_alone_reproduces_the_reference_view(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_step_image_run_on_the_tiny_latent_prior(tmp_path, tiny_sets):
+@pytest.mark.parametrize("prior_weight", ["1", "0"])
+def test_two_step_image_run_on_the_tiny_latent_prior(tmp_path, tiny_sets, prior_weight):
+    """Stable Diffusion's path (a latent prior, the reference loss in pixels); prior weight 0: the reference alone."""
     image = picture(tmp_path / "ref.png", (50, 120, 60, 150))
     out = tmp_path / "runs"
     r = CliRunner().invoke(app, ["generate", "a red cube", "--image", str(image), "--out", str(out), "-q",
-                                 "--steps", "2", *tiny_sets("latent")])
+                                 "--steps", "2", *tiny_sets("latent", f"image.prior_weight={prior_weight}")])
     assert r.exit_code == 0, r.output
     run_dir = next(out.iterdir())
     for name in ("reference.png", "turntable.gif", "splats.ply", "metrics.json"):
         assert (run_dir / name).is_file(), name
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert final["ref_rgb_mse"] > 0 and final["ref_mask_mse"] > 0
+    assert ("sds" in final) == (prior_weight == "1")
     import imageio.v3 as iio
     assert iio.imread(run_dir / "reference.png").shape == (32, 32, 3)
 
