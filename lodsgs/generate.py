@@ -274,7 +274,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
     # the guidance already read its losses in the step's one device sync: no second .item() per loss here
-    guided = {"loss": g.logs["sds"], **g.logs} if g is not None else {"loss": float(ref_term)}
+    guided = {"loss": g.logs["sds"], **g.logs} if g is not None else {"loss": ref_term.item()}
     return {**guided, **{k: v.item() for k, v in ref_logs.items()},
             "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
 
