@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import traceback
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts one per line; blank lines and ``#`` comments skipped; duplicates kept once, in order."""
+    """Prompts one per line (or ``ref.png<TAB>prompt`` for image-to-3D); blank lines and ``#`` comments skipped;
+    duplicates kept once, in order."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -29,6 +31,19 @@ def read_prompts(path: Path) -> list[str]:
         if text and not text.startswith("#"):
             seen.setdefault(text, None)
     return list(seen)
+
+
+def split_entry(entry: str, cfg: Config) -> tuple[str, Config]:
+    """A prompt-list line as (prompt, its config): ``ref.png<TAB>a red cube`` is image-to-3D with that reference
+    (relative paths from the working folder) and the lifted reference as the start (unless init.kind is ply)."""
+    image, tab, prompt = entry.partition("\t")
+    if not tab:
+        return entry, cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.image.path = image.strip()
+    if cfg.init.kind != "ply":
+        cfg.init.kind = "image"
+    return prompt.strip(), cfg
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -113,8 +128,10 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         start = time.perf_counter()
         record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
         try:
-            resume = resumable(out / run_name(prompt, cfg.run.seed), cfg)  # an interrupted run of these settings
-            run_dir = generate(prompt, cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
+            text, run_cfg = split_entry(prompt, cfg)
+            # resume an interrupted run of these settings
+            resume = resumable(out / run_name(text, run_cfg.run.seed, run_cfg.image.path), run_cfg)
+            run_dir = generate(text, run_cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
                                on_step=on_step)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1

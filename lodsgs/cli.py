@@ -54,7 +54,7 @@ def friendly(fn):
     return wrapper
 
 
-def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None):
+def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None, image=None):
     """Preset, then the prior's recommended settings, then explicit options and --set."""
     from lodsgs.config import load_config
     overrides: list = []
@@ -68,6 +68,8 @@ def build_config(config, sets, prior=None, seed=None, steps=None, device=None, i
         overrides.append(f"run.device={device}")
     if init is not None:
         overrides += ["init.kind=ply", ("init.path", str(init))]
+    if image is not None:  # image-to-3D; the reference lifted is the start unless --init or --set init.kind says
+        overrides += [("image.path", str(image))] + ([] if init is not None else ["init.kind=image"])
     return load_config(config, overrides + list(sets or []))
 
 
@@ -76,6 +78,8 @@ def build_config(config, sets, prior=None, seed=None, steps=None, device=None, i
     lodsgs generate "a red cube" --prior shapes            # offline, CPU, minutes
 
     lodsgs generate "a corgi" --config lods_lora --steps 2500 --device cuda
+
+    lodsgs generate "a red cube" --prior shapes --image ref.png   # image-to-3D (docs/image-to-3d.md)
 
     lodsgs generate "a corgi" --set guidance.guidance_scale=500 --set run.batch=4 --resume
 """)
@@ -90,6 +94,8 @@ def generate(
     steps: StepsOpt = None,
     device: DeviceOpt = None,
     init: Annotated[Path | None, typer.Option("--init", help="Start from a .ply (splats or point cloud).")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Image-to-3D: a reference picture (RGBA PNG, or RGB "
+                                               "on a plain background) seen from the front.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -99,7 +105,7 @@ def generate(
 ) -> None:
     """Optimize Gaussian splats for PROMPT and write splats.ply, .splat, .spz, turntable and metrics."""
     from lodsgs.generate import generate as run
-    cfg = build_config(config, sets, prior, seed, steps, device, init)
+    cfg = build_config(config, sets, prior, seed, steps, device, init, image)
     live = _live_view(cfg, host, port) if view else None
     try:
         run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, on_step=live)
@@ -132,7 +138,8 @@ def _live_view(cfg, host: str, port: int):
 """)
 @friendly
 def batch(
-    prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line, # comments.")],
+    prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line, # comments; a line "
+                                               "ref.png<TAB>prompt is image-to-3D.")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
     prior: PriorOpt = None,
@@ -641,10 +648,13 @@ def eval_cmd(
                                                      "against truth renders (see --task).")] = False,
     task: Annotated[str, typer.Option("--task", help="With --2d: generate, colour (edits) or shape (edits).")
                     ] = "generate",
+    image: Annotated[bool, typer.Option("--image", help="Image-to-3D: each caption's truth seen by the reference "
+                                        "camera is the input; methods image, reference-only, text-only; scores "
+                                        "also the back half (views >= 90 degrees from the reference).")] = False,
 ) -> None:
     """Generate shapes-world captions with each method and score them against ground-truth renders: PSNR,
     silhouette IoU, colour error, and shape / colour R-precision (R@1) for single-object captions."""
-    from lodsgs.eval import DEFAULT_VARIANTS, parse_seeds, run_eval
+    from lodsgs.eval import DEFAULT_VARIANTS, IMAGE_VARIANTS, parse_seeds, run_eval
     if seeds is not None and seed is not None:
         raise LodsgsError("give --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else None
@@ -652,7 +662,7 @@ def eval_cmd(
         from lodsgs.eval2d import eval2d_cli
         typer.echo(eval2d_cli(task, variant, out, caption, seed_list or [seed or 0], steps, log=typer.echo))
         return
-    variants = dict(DEFAULT_VARIANTS)
+    variants = dict(IMAGE_VARIANTS if image else DEFAULT_VARIANTS)
     if variant:
         variants = {}
         for v in variant:
@@ -666,7 +676,7 @@ def eval_cmd(
         base.append(f"run.seed={seed}")
     if steps is not None:
         base.append(f"run.steps={steps}")
-    result = run_eval(caption, variants, base, out, config=config, log=typer.echo, seeds=seed_list)
+    result = run_eval(caption, variants, base, out, config=config, log=typer.echo, seeds=seed_list, image=image)
     typer.echo(result.markdown())
     typer.echo(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
 

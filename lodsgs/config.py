@@ -60,7 +60,7 @@ class InitConfig:
     DDIM sample of the prompt (front view, seeded by run.seed): ``sample`` lifts it into a volume, ``layout``
     splits the ball into one ball per separate object in it, where the sample puts them."""
 
-    kind: Literal["ball", "shell", "ply", "sample", "layout"] = "ball"
+    kind: Literal["ball", "shell", "ply", "sample", "layout", "image"] = "ball"  # image: the reference lifted
     num: int = 4096
     radius: float = 0.5
     path: str = ""
@@ -176,6 +176,26 @@ def need_mesh_libraries(decimate: bool = False) -> None:
         raise LodsgsError(f"mesh export needs {', '.join(missing)}: pip install 'lodsgs[mesh]'")
 
 
+@dataclass
+class ImageConfig:
+    """Image-to-3D: a reference picture seen from azimuth 0 (DreamGaussian's recipe, dreamgaussian/dreamgaussian
+    configs/image.yaml): its RGB and mask are fitted at that view every step beside the prior's random views."""
+
+    path: str = ""  # RGBA PNG (alpha = mask) or RGB on a uniform background; empty: text only
+    recenter: bool = True  # crop to the object, scale its longer side to (1 - border) of the frame, centre it
+    border: float = 0.2  # share of the frame left around the object when recentring (DreamGaussian's border_ratio)
+    elevation: float = 0.0  # the reference camera's elevation in degrees (set it for photos taken from above)
+    radius: float | None = None  # the reference camera's distance; None: camera.eval_radius
+    fovy: float | None = None  # its vertical field of view in degrees; None: camera.eval_fovy
+    # weights on the reference view's RGB MSE and on the MSE of its alpha against the mask: a tenth of
+    # DreamGaussian's 1e4 / 1e3 (preset image_lods keeps those). Measured on the shapes prior (ω 3, LODS ÷ω): at
+    # 1e4 / 1e3 the reference's gradient on the means is ~40× the prior's, so under Adam the prior shapes only
+    # what the reference cannot see; at 1e3 / 1e2 ~4× (docs/image-to-3d.md)
+    rgb_weight: float = 1.0e3
+    mask_weight: float = 1.0e2
+    ramp_steps: int = 0  # both weights grow linearly from 0 over this many steps (0 = full from the start)
+    prior_weight: float = 1.0  # weight on the prior's (LODS / SDS) loss in an image run; 0: the reference alone
+
 
 @dataclass
 class Config:
@@ -188,6 +208,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 # --- loading and overriding -------------------------------------------------------------------
@@ -349,6 +370,9 @@ RANGES: list[tuple[str, float | None, float | None, bool]] = [
     ("mesh.min_component", 0, 1, False), ("mesh.views", 1, None, False), ("mesh.view_size", 16, None, False),
     ("densify.scene_scale", 0, None, True), ("densify.reset_every", 0, None, False),
     ("densify.max_gaussians", 1, None, False),
+    ("image.border", 0, 1, False), ("image.rgb_weight", 0, None, False), ("image.mask_weight", 0, None, False),
+    ("image.ramp_steps", 0, None, False),
+    ("image.prior_weight", 0, None, False), ("image.elevation", -89, 89, False),
 ]
 
 
@@ -379,6 +403,11 @@ def validate(cfg: Config) -> None:
         raise LodsgsError("camera.radius must be > 0 and camera.fovy within (0, 180) degrees")
     if cfg.init.color is not None and not all(0 <= v <= 1 for v in cfg.init.color):
         raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
+    i = cfg.image
+    if (i.radius is not None and i.radius <= 0) or (i.fovy is not None and not 0 < i.fovy < 180):
+        raise LodsgsError("image.radius must be > 0 and image.fovy in (0, 180) degrees (or null: the eval camera's)")
+    if cfg.init.kind == "image" and not i.path:
+        raise LodsgsError("init.kind is 'image' but no reference image was given; pass --image ref.png")
     if not all(0 <= v <= 1 for v in cfg.render.background):
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
     if cfg.run.mesh:  # at load time, not after the run

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lodsgs.cameras import CameraConfig, Cameras, eval_cameras
+from lodsgs.cameras import CameraConfig, Cameras, eval_cameras, orbit_position
 from lodsgs.errors import LodsgsError
 from lodsgs.fit import psnr_db
 from lodsgs.prior.shapes import world
@@ -34,6 +34,15 @@ DEFAULT_VARIANTS = {  # "init" scores the unoptimized starting splats (same seed
     "lods-embedding": ["guidance.method=lods-embedding"],  # the default method with the prior's own ω
     "lods-embedding-w1000": ["guidance.method=lods-embedding", "guidance.guidance_scale=1000"],  # the paper's ω
     "lods-lora": ["guidance.method=lods-lora"],
+}
+# ``lodsgs eval --image``: each caption's truth rendered from the reference camera is the input (no recentring,
+# so the scale is known). "image" is the default image method (LODS-embedding at the prior's settings plus the
+# reference loss, the lifted reference as the start); "reference-only" drops the prior's loss; "text-only" is
+# the text method as `lodsgs eval` runs it (its start included)
+IMAGE_VARIANTS = {
+    "image": [],
+    "reference-only": ["image.prior_weight=0"],
+    "text-only": ["image.path=", "init.kind=layout"],
 }
 Images = tuple[Tensor, Tensor]  # rgb [C,H,W,3] and silhouette (alpha > 0.5) [C,H,W] at the eval views
 SPREAD = ("psnr", "iou", "shape_r1", "color_r1")  # metrics whose spread across seeds the summary gives
@@ -145,20 +154,24 @@ def chroma(out: Images) -> float:
     return (px.max(-1).values - px.min(-1).values).mean().item() if len(px) else 0.0
 
 
-def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float]) -> dict:
+def score_caption(result: Splats, caption: str, views: EvalViews, background: tuple[float, float, float],
+                  ref_elevation: float | None = None) -> dict:
     """score() against the caption's truth, plus shape and colour R@1 (1.0/0.0) and 1-based ranks by yaw-aligned
     PSNR among rivals(caption), each candidate at its own best yaw; None for two-object scenes.
 
     An underspecified caption ("a cube", "a red shape") is scored against the nearest of the truths it allows
     (``mode``: the best yaw-aligned PSNR), and gets the R@1 of the attribute it names (shape for "a cube")
     with that mode as the caption. Single objects also get ``purity`` and ``saturation_excess`` (mean chroma
-    minus the scored truth's: above 0 is over-saturated)."""
+    minus the scored truth's: above 0 is over-saturated). With ``ref_elevation`` (an image run), also the scores
+    of the back half, the views at least 90° from the reference."""
     modes = world.modes(caption)
     names = list(dict.fromkeys([*modes, *(c for m in modes for group in rivals(m) or () for c in group)]))
     truths = {c: truth_images(c, views, background) for c in names}
     best = align(result, truths, views, background)
     mode = min(modes, key=lambda m: best[m][0])
     s = metrics(*best[mode], truths[mode]) | {"mode": mode}
+    if ref_elevation is not None:
+        s |= back_half(best[mode][2], truths[mode], views, ref_elevation)
     cands = rivals(mode)
     if cands is None:
         return {**s, "shape_rank": None, "shape_r1": None, "color_rank": None, "color_r1": None,
@@ -169,6 +182,34 @@ def score_caption(result: Splats, caption: str, views: EvalViews, background: tu
         rank = 1 + sum(best[c][0] < best[mode][0] for c in group)
         s |= {f"{kind}_rank": rank if named else None, f"{kind}_r1": float(rank == 1) if named else None}
     return s
+
+
+def back_half(out: Images, truth: Images, views: EvalViews, ref_elevation: float) -> dict:
+    """PSNR and IoU over the held-out views at least 90° from the reference view (azimuth 0): the views where only
+    the prior can say what the object looks like."""
+    cams = view_cameras(views)
+    ref = orbit_position(torch.tensor([ref_elevation]), torch.zeros(1), torch.ones(1))[0]
+    dirs = -cams.viewmats[:, 2, :3]  # each camera's position direction: minus its forward axis
+    back = (dirs @ ref) <= 1e-6
+    (rgb, mask), (gt_rgb, gt_mask) = out, truth
+    iou = ((mask & gt_mask)[back].sum() / (mask | gt_mask)[back].sum().clamp(min=1)).item()
+    return {"back_psnr": psnr_db((rgb[back] - gt_rgb[back]).pow(2).mean().item()), "back_iou": iou,
+            "back_views": int(back.sum())}
+
+
+def reference_input(caption: str, cfg, folder: Path) -> Path:
+    """The caption's truth seen by the reference camera, as an RGBA PNG (straight colour: the render on black
+    divided by its alpha, so compositing it on the background gives the render on the background)."""
+    from lodsgs.generate import run_name
+    from lodsgs.media import save_png, to_uint8
+    from lodsgs.reference import reference_camera
+
+    out = render(world.build_object(caption), reference_camera(cfg), background=torch.zeros(3))
+    alpha = out.alpha[0]
+    path = folder / f"{run_name(caption, 0)}-e{cfg.image.elevation:g}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(to_uint8(torch.cat([out.rgb[0] / alpha.clamp_min(1e-6), alpha], -1)), path)
+    return path
 
 
 def mean(rows: list[dict], key: str) -> float | None:
@@ -189,7 +230,7 @@ class EvalResult:
             rows = [r for r in self.rows if r["variant"] == variant]
             seeds = list(dict.fromkeys(r["seed"] for r in rows))
             m = {k: mean(rows, k) for k in ("psnr", "iou", "color_error", "shape_r1", "color_r1", "purity",
-                                            "saturation_excess", "seconds")}
+                                            "saturation_excess", "seconds", "back_psnr", "back_iou")}
             m |= {"n": len(rows), "r1_n": sum(r.get("shape_r1") is not None for r in rows), "seeds": len(seeds)}
             for k in SPREAD if len(seeds) > 1 else ():
                 per_seed = [x for s in seeds if (x := mean([r for r in rows if r["seed"] == s], k)) is not None]
@@ -200,10 +241,15 @@ class EvalResult:
     def markdown(self) -> str:
         """The method table (mean ± sd across seeds when several), then PSNR / IoU per caption and method."""
         summary = self.summary()
-        lines = ["| method | runs | PSNR (dB) ↑ | silhouette IoU ↑ | colour error ↓ | shape R@1 ↑ | colour R@1 ↑ "
-                 "| purity ↑ | saturation excess | s / run |", "|---|---|---|---|---|---|---|---|---|---|"]
+        back = any(m["back_psnr"] is not None for m in summary.values())  # an image eval: back half too
+        back_head = "back-half PSNR ↑ | back-half IoU ↑ | " if back else ""
+        lines = ["| method | runs | PSNR (dB) ↑ | silhouette IoU ↑ | " + back_head +
+                 "colour error ↓ | shape R@1 ↑ | colour R@1 ↑ | purity ↑ | saturation excess | s / run |",
+                 "|---|---|---|---|" + ("---|---|" if back else "") + "---|---|---|---|---|---|"]
         for variant, m in summary.items():
-            cells = [cell(m, "psnr", ".2f"), cell(m, "iou", ".3f"), cell(m, "color_error", ".3f"),
+            cells = [cell(m, "psnr", ".2f"), cell(m, "iou", ".3f"),
+                     *((cell(m, "back_psnr", ".2f"), cell(m, "back_iou", ".3f")) if back else ()),
+                     cell(m, "color_error", ".3f"),
                      cell(m, "shape_r1", ".2f"), cell(m, "color_r1", ".2f"), cell(m, "purity", ".2f"),
                      cell(m, "saturation_excess", "+.3f"), f"{m['seconds']:.0f}"]
             lines.append(f"| {variant} | {m['n']} | " + " | ".join(cells) + " |")
@@ -250,6 +296,19 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def with_reference(specs: dict, caption: str, config: str | None, out: Path) -> dict:
+    """An image eval's configs for one caption: the caption's truth at the reference camera as image.path, not
+    recentred, the lifted reference as the start, then the variant's own overrides (text-only clears the image)."""
+    from lodsgs.config import load_config
+
+    made = {}
+    for key, (common, own) in specs.items():
+        path = reference_input(caption, load_config(config, common), out / "references")
+        made[key] = load_config(config, [*common, ("image.path", str(path)), "image.recenter=false",
+                                         "init.kind=image", *own])
+    return made
+
+
 def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, log) -> tuple[Splats, float, int]:
     """One run's splats, seconds and steps: the start for 'init'; else the run folder's result if it was made
     with these settings (config hash), else generated (resuming an interrupted run of the same settings)."""
@@ -259,7 +318,7 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, l
     if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
         return init_splats(cfg, caption, prior(cfg)), 0.0, 0
     folder = out / variant
-    run_dir = folder / run_name(caption, cfg.run.seed)
+    run_dir = folder / run_name(caption, cfg.run.seed, cfg.image.path)
     if not finished(run_dir, cfg):
         resume = resumable(run_dir, cfg)
         why = " (resuming its checkpoint)" if resume else (
@@ -279,9 +338,11 @@ def run_eval(
     views: EvalViews | None = None,
     log=print,
     seeds: list[int] | None = None,
+    image: bool = False,
 ) -> EvalResult:
     """Generate each caption with each variant and seed (resuming finished runs) and score against ground truth;
-    ``seeds`` None means the config's seed."""
+    ``seeds`` None means the config's seed. ``image``: image-to-3D, each caption's truth at the reference camera
+    as the input, scored also on the back half (back_psnr, back_iou)."""
     from lodsgs.config import load_config
     from lodsgs.generate import Interrupted, load_prior, resolve_device
 
@@ -293,8 +354,9 @@ def run_eval(
     result = EvalResult()
     out.mkdir(parents=True, exist_ok=True)
     seed_sets = {s: [] if s is None else [f"run.seed={s}"] for s in seeds or [None]}
-    cfgs = {(v, s): load_config(config, ["prior.model=shapes", *base_overrides, *ss, *o])
-            for s, ss in seed_sets.items() for v, o in variants.items()}
+    specs = {(v, s): (["prior.model=shapes", *base_overrides, *ss], o)
+             for s, ss in seed_sets.items() for v, o in variants.items()}
+    cfgs = {key: load_config(config, [*common, *own]) for key, (common, own) in specs.items()}
     loaded: list = []
 
     def prior(cfg):  # one prior for every run, loaded when the first run needs generating
@@ -302,13 +364,13 @@ def run_eval(
         return loaded[0]
 
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
-        for (variant, _), cfg in cfgs.items():
+        for (variant, _), cfg in (with_reference(specs, caption, config, out) if image else cfgs).items():
             try:
                 splats, seconds, steps = result_splats(caption, variant, cfg, out, prior, log)
             except (KeyboardInterrupt, Interrupted):
                 raise Interrupted(f"eval interrupted at {variant!r} / {caption!r}; rerun the same command to "
                                   "continue: finished runs are reused, this one resumes from its checkpoint") from None
-            s = score_caption(splats, caption, views, world.BACKGROUND)
+            s = score_caption(splats, caption, views, world.BACKGROUND, cfg.image.elevation if image else None)
             result.rows.append({"variant": variant, "caption": caption, "seed": cfg.run.seed, **s,
                                 "seconds": seconds, "steps": steps})
     (out / "eval.json").write_text(json.dumps({"rows": result.rows, "summary": result.summary(),

@@ -26,6 +26,7 @@ from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.lift import layout, lift
 from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
 from lodsgs.prior.guidance import Guidance
+from lodsgs.reference import Reference, append_camera, load_reference, reference_camera, reference_loss
 from lodsgs.runlog import RunLog, make_record
 from lodsgs.splats.densify import Densifier
 from lodsgs.splats.io import read_ply, write_ply, write_splat
@@ -39,10 +40,10 @@ class Interrupted(LodsgsError):
     """Raised after Ctrl-C/SIGTERM once the checkpoint is safely written."""
 
 
-def run_name(prompt: str, seed: int) -> str:
-    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt and seed."""
+def run_name(prompt: str, seed: int, image: str = "") -> str:
+    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt, seed (and reference image)."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "prompt"
-    digest = hashlib.sha1(f"{prompt}\0{seed}".encode()).hexdigest()[:8]
+    digest = hashlib.sha1(f"{prompt}\0{seed}{chr(0) + image if image else ''}".encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
 
 
@@ -112,7 +113,16 @@ def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = No
         return splats
     if c.kind in ("sample", "layout"):
         return prior_start(cfg, prompt, prior)
+    if c.kind == "image":
+        return image_start(cfg)
     return ball_start(cfg)
+
+
+def image_start(cfg: Config) -> Splats:
+    """The reference image lifted through the reference camera (each silhouette inflated, coloured by the image)."""
+    ref = load_reference(cfg.image, cfg.camera.width, cfg.render.background)
+    points, rgb = lift(ref.rgb, reference_camera(cfg), cfg.init.num, cfg.render.background, cfg.run.seed)
+    return Splats.from_points(points, rgb, sh_degree=cfg.init.sh_degree, opacity=cfg.init.opacity)
 
 
 def ball_start(cfg: Config) -> Splats:
@@ -186,6 +196,7 @@ class State:
     camera_rng: torch.Generator
     step: int = 0
     seconds: float = 0.0
+    reference: Reference | None = None  # image-to-3D: the processed reference, fitted at reference_camera(cfg)
 
 
 def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,
@@ -193,6 +204,7 @@ def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.d
     """A fresh run's state; ``start`` replaces init_splats (a resume passes its checkpoint's splats, so a
     start drawn from the prior's samples is not drawn again)."""
     torch.manual_seed(cfg.run.seed)
+    reference = load_reference(cfg.image, cfg.camera.width, cfg.render.background) if cfg.image.path else None
     splats = (start if start is not None else init_splats(cfg, prompt, prior)).to(device)
     optimizers = make_optimizers(splats, lrs(cfg, 0))
     densifier = Densifier(cfg.densify)
@@ -200,7 +212,8 @@ def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.d
     groups = guidance.param_groups()
     prior_optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15) if groups else None
     camera_rng = torch.Generator().manual_seed(cfg.run.seed)
-    return State(splats, optimizers, densifier, guidance, prior_optimizer, camera_rng)
+    return State(splats, optimizers, densifier, guidance, prior_optimizer, camera_rng,
+                 reference=reference.to(device) if reference is not None else None)
 
 
 def lrs(cfg: Config, step: int) -> dict[str, float]:
@@ -240,18 +253,30 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     if cfg.render.random_background > 0 and torch.rand(1, generator=s.camera_rng).item() < cfg.render.random_background:
         background = torch.rand(3, generator=s.camera_rng)
     set_lrs(cfg, s)
+    B, ref_term, ref_logs = len(cams), 0.0, {}
+    if s.reference is not None:  # the reference view rendered with the random ones, on the fixed background
+        cams = append_camera(cams, reference_camera(cfg).to(device))
+        background = torch.cat([background.expand(B, 3), torch.tensor([cfg.render.background])])
     out = render(s.splats, cams, background=background.to(device))
     s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
-    g = s.guidance(out.rgb, view_labels(cams, cfg.camera), s.step)
+    if s.reference is not None:
+        ref_term, ref_logs = reference_loss(cfg.image, out.rgb[B], out.alpha[B, ..., 0], s.reference, s.step)
+    prior_weight = cfg.image.prior_weight if s.reference is not None else 1.0
+    # image.prior_weight 0: the reference alone, and no UNet call for a loss that would be dropped
+    g = s.guidance(out.rgb[:B], view_labels(cams, cfg.camera)[:B], s.step) if prior_weight > 0 else None
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
-    (g.loss + g.prior_loss + opaque_term(cfg, out.alpha)).backward()
+    loss = ref_term + opaque_term(cfg, out.alpha)
+    if g is not None:
+        loss = loss + prior_weight * g.loss + g.prior_loss
+    loss.backward()
     for opt in _all_optimizers(s):
         opt.step()
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
     # the guidance already read its losses in the step's one device sync: no second .item() per loss here
-    return {"loss": g.logs["sds"], **g.logs,
+    guided = {"loss": g.logs["sds"], **g.logs} if g is not None else {"loss": ref_term.item()}
+    return {**guided, **{k: v.item() for k, v in ref_logs.items()},
             "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
 
 
@@ -375,11 +400,14 @@ def generate(
     batch's cancellation flag) stops the run like Ctrl-C, with a checkpoint."""
     check_prompt(prompt, resolve_model(cfg.prior.model), cfg.prior.model)
     device = resolve_device(cfg.run.device)
-    run_dir = checked_run_dir(Path(out), run_name(prompt, cfg.run.seed), resume, overwrite)
+    run_dir = checked_run_dir(Path(out), run_name(prompt, cfg.run.seed, cfg.image.path), resume, overwrite)
     saved = read_checkpoint(run_dir / LAST_CHECKPOINT, cfg) if resume else None
     # everything that can refuse the inputs (prior, init .ply, checkpoint) runs before the folder is touched
     s = start_state(cfg, prompt, prior or load_prior(cfg, device), device, saved)
     open_run_dir(run_dir, cfg, prompt, fresh=not resume)
+    if s.reference is not None:
+        from lodsgs.media import save_png, to_uint8
+        save_png(to_uint8(s.reference.rgb), run_dir / "reference.png")
     logs = optimize(cfg, s, run_dir, prompt, device, resume, quiet, on_step, should_stop)
     write_outputs(s, cfg, run_dir, prompt, device, logs)
     if on_step is not None:
@@ -494,7 +522,7 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
     write_splat(s.splats, run_dir / "splats.splat")
     if cfg.run.spz:
         write_spz(s.splats, run_dir / "splats.spz")
-    write_media(s.splats, cfg, run_dir)
+    write_media(s.splats, cfg, run_dir, inset=s.reference.rgb if s.reference is not None else None)
     if cfg.run.mesh:
         write_mesh(splats_to_mesh(s.splats, cfg.mesh), run_dir / "mesh.glb", "glb")
     metrics = {
@@ -514,8 +542,9 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 
-OUTPUTS = ("splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4", "preview.png", "metrics.json",
-           "mesh.glb", "log.jsonl", "config.yaml", "prompt.txt", "checkpoints", "progress")
+OUTPUTS = ("reference.png", "splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4",
+           "preview.png", "metrics.json", "mesh.glb", "log.jsonl", "config.yaml", "prompt.txt", "checkpoints",
+           "progress")
 
 
 def clear_outputs(run_dir: Path) -> None:

@@ -55,12 +55,31 @@ def save_mp4(frames: np.ndarray, path: Path, fps: int = 12) -> bool:
     return True
 
 
-def write_media(splats: Splats, cfg, run_dir: Path) -> None:
-    """turntable.gif (+ .mp4) and preview.png (8 views) for a finished run."""
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """An image tensor in [0, 1] as uint8 numpy."""
+    return (image.detach().clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def with_inset(frames: np.ndarray, inset: torch.Tensor) -> np.ndarray:
+    """``frames`` [F,H,W,3] with ``inset`` [h,w,3] in [0, 1], scaled to a quarter of the width, in the top-left
+    corner behind a one-pixel grey frame (image-to-3D: the reference beside the result)."""
+    side = max(frames.shape[2] // 4, 8)
+    small = torch.nn.functional.interpolate(inset.permute(2, 0, 1)[None].float().cpu(), size=(side, side),
+                                            mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+    out = frames.copy()
+    out[:, :side + 2, :side + 2] = 128
+    out[:, 1:side + 1, 1:side + 1] = to_uint8(small)
+    return out
+
+
+def write_media(splats: Splats, cfg, run_dir: Path, inset: torch.Tensor | None = None) -> None:
+    """turntable.gif (+ .mp4) and preview.png (8 views) for a finished run; ``inset`` (the reference image of an
+    image-to-3D run) is drawn into the turntable's corner."""
     frames = turntable(splats, cfg.camera, cfg.run.turntable_frames, cfg.run.turntable_size,
                        cfg.render.background)
-    save_gif(frames, run_dir / "turntable.gif")
-    save_mp4(frames, run_dir / "turntable.mp4")
+    shown = with_inset(frames, inset) if inset is not None else frames
+    save_gif(shown, run_dir / "turntable.gif")
+    save_mp4(shown, run_dir / "turntable.mp4")
     step = max(len(frames) // 8, 1)
     save_png(grid(frames[::step][:8]), run_dir / "preview.png")
 

@@ -41,6 +41,7 @@ class PromptWorker:
         """Generate one prompt; every lodsgs failure is returned as a record (never retried by Ray)."""
         import ray
 
+        from lodsgs.batch import split_entry
         from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
 
         start = time.perf_counter()
@@ -48,8 +49,9 @@ class PromptWorker:
         try:
             if self.prior is None:
                 self.prior = load_prior(self.cfg, resolve_device(self.cfg.run.device))
-            resume = resumable(self.out / run_name(prompt, self.cfg.run.seed), self.cfg)
-            run_dir = generate(prompt, self.cfg, self.out, resume=resume, overwrite=True, quiet=True,
+            text, cfg = split_entry(prompt, self.cfg)  # "ref.png<TAB>prompt": image-to-3D
+            resume = resumable(self.out / run_name(text, cfg.run.seed, cfg.image.path), cfg)
+            run_dir = generate(text, cfg, self.out, resume=resume, overwrite=True, quiet=True,
                                prior=self.prior, should_stop=ray.get_runtime_context().is_canceled)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"), resumed=resume)
         except Interrupted as e:
