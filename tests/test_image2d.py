@@ -150,9 +150,10 @@ def test_image_on_shapes_prior_moves_toward_truth(tmp_path):
     from lodsgs.image2d import to_images
     from lodsgs.prior.diffusion import resolve_model
     prior = DiffusionPrior.from_pretrained(resolve_model("shapes"))
-    cfg = make_config("default", steps=40, particles=2)
+    cfg = make_config("shapes", steps=40, particles=2)  # what `lodsgs image --prior shapes` runs
     start = initial_particles(prior, 2, torch.Generator().manual_seed(0))
     run = optimize(prior, "a red cube", cfg, start)
     before = generation_scores(to_images(prior, start), "a red cube")["nearest_view_mse"]
     after = generation_scores(run.images, "a red cube")["nearest_view_mse"]
+    print(f"nearest-view MSE {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before

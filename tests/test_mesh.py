@@ -175,13 +175,11 @@ def test_run_mesh_key_stays_out_of_the_result_hash():
 
 
 @pytest.mark.slow
-def test_generate_with_run_mesh_writes_mesh_glb(tiny_prior_dirs, tmp_path):
-    from test_generate import tiny_args
-
+def test_generate_with_run_mesh_writes_mesh_glb(tiny_sets, tmp_path):
     from lodsgs.generate import run_name
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), "--quiet",
-                                 *tiny_args(tiny_prior_dirs["latent"], "run.mesh=true", "mesh.threshold=0.02",
-                                            "mesh.resolution=32", "mesh.views=2", "mesh.view_size=32")])
+                                 *tiny_sets("latent", "run.mesh=true", "mesh.threshold=0.02", "mesh.resolution=32",
+                                            "mesh.views=2", "mesh.view_size=32")])
     assert result.exit_code == 0, result.output
     mesh = load_mesh(tmp_path / run_name("a corgi", 0) / "mesh.glb")
     assert len(mesh.faces) > 0
