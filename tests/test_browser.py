@@ -68,8 +68,10 @@ def test_view_in_browser(name, tmp_path):
     assert scores["colour_diff"] <= 0.05, scores
 
 
-def three_page_shot(folder: Path, page_name: str, url: str) -> np.ndarray:
-    """The settled screenshot of tests/web/PAGE_NAME (a three.js page) showing FOLDER/URL from CAMERA."""
+def three_page_shot(folder: Path, url: str) -> np.ndarray:
+    """The settled screenshot of tests/web/three.html showing FOLDER/URL (a .glb in GLTFLoader, a splat file in
+    Spark) from CAMERA."""
+    page_name = "three.html"
     (folder / page_name).write_text((Path(__file__).parent / "web" / page_name).read_text())
     (px, py, pz), fov = eval_camera_pose(CAMERA)
     with browser.serve(folder, {"npm": browser.WEB_CACHE / "node_modules"}) as base, \
@@ -91,7 +93,7 @@ def test_exports_in_spark(name, fmt, tmp_path):
          f"Spark is not installed in {browser.WEB_CACHE} (make web)")
     splats = SCENES[name]()
     {"ply": write_ply, "splat": write_splat, "spz": write_spz}[fmt](splats, tmp_path / f"scene.{fmt}")
-    shot = three_page_shot(tmp_path, "spark.html", f"scene.{fmt}")
+    shot = three_page_shot(tmp_path, f"scene.{fmt}")
     position, fov = eval_camera_pose(CAMERA)
     ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
     scores = browser.compare(shot, ours, WHITE)
@@ -110,7 +112,7 @@ def test_mesh_glb_in_three_gltfloader(tmp_path):
     from lodsgs.splats.mesh import splats_to_mesh, write_mesh
     splats = SCENES["a blue cone"]()
     write_mesh(splats_to_mesh(splats), tmp_path / "mesh.glb", "glb")
-    shot = three_page_shot(tmp_path, "mesh.html", "mesh.glb")
+    shot = three_page_shot(tmp_path, "mesh.glb")
     position, fov = eval_camera_pose(CAMERA)
     ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
     scores = browser.compare(shot, ours, WHITE)
