@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lodsgs.cameras import eval_cameras, sample_cameras, view_labels
+from lodsgs.cameras import Cameras, eval_cameras, sample_cameras, view_labels
 from lodsgs.config import CameraConfig, Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
@@ -197,6 +197,7 @@ class State:
     step: int = 0
     seconds: float = 0.0
     reference: Reference | None = None  # image-to-3D: the processed reference, fitted at reference_camera(cfg)
+    reference_camera: Cameras | None = None  # that camera, on the run's device (built once, not every step)
 
 
 def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,
@@ -213,7 +214,8 @@ def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.d
     prior_optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15) if groups else None
     camera_rng = torch.Generator().manual_seed(cfg.run.seed)
     return State(splats, optimizers, densifier, guidance, prior_optimizer, camera_rng,
-                 reference=reference.to(device) if reference is not None else None)
+                 reference=reference.to(device) if reference is not None else None,
+                 reference_camera=reference_camera(cfg).to(device) if reference is not None else None)
 
 
 def lrs(cfg: Config, step: int) -> dict[str, float]:
@@ -255,7 +257,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     set_lrs(cfg, s)
     B, ref_term, ref_logs = len(cams), 0.0, {}
     if s.reference is not None:  # the reference view rendered with the random ones, on the fixed background
-        cams = append_camera(cams, reference_camera(cfg).to(device))
+        cams = append_camera(cams, s.reference_camera)
         background = torch.cat([background.expand(B, 3), torch.tensor([cfg.render.background])])
     out = render(s.splats, cams, background=background.to(device))
     s.densifier.step_pre_backward(s.splats, s.optimizers, out.meta, s.step)
