@@ -421,8 +421,11 @@ NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every
 
 
 def config_hash(cfg: Config) -> str:
-    """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out)."""
+    """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out; a text run's image
+    settings decide nothing, so they count as the defaults)."""
     d = to_dict(cfg)
+    if not cfg.image.path:
+        d["image"] = dataclasses.asdict(ImageConfig())
     for section, keys in NOT_IN_HASH.items():
         d[section] = {k: v for k, v in d[section].items() if keys is not None and k not in keys}
         if not d[section]:

@@ -112,3 +112,11 @@ def test_saved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["run"]["seed"] == 7
     again = load_config(str(tmp_path / "config.yaml"))
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_a_text_runs_hash_ignores_image_settings_and_an_image_runs_does_not():
+    from lodsgs.config import config_hash
+    text = config_hash(load_config(None, []))
+    assert config_hash(load_config(None, ["image.recenter=false", "image.elevation=20"])) == text
+    image = config_hash(load_config(None, ["image.path=ref.png"]))
+    assert image != text and config_hash(load_config(None, ["image.path=ref.png", "image.elevation=20"])) != image

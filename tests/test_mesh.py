@@ -71,6 +71,38 @@ def test_decimation_keeps_the_surface_closed(torus):
     assert s["faces"] <= 4100 and s["watertight"] and s["genus"] == 1, s
 
 
+def test_a_thin_strut_of_stray_gaussians_adds_no_handle():
+    """A line of small Gaussians across the torus's hole would add a handle (genus 2); the mesh drops it."""
+    from lodsgs.splats import mesh as M
+    ring = build_object("a red torus")
+    n = 60
+    strut = Splats.from_points(torch.stack([torch.linspace(-0.3, 0.3, n), torch.zeros(n), torch.zeros(n)], -1),
+                               torch.full((n, 3), 0.6), scale=0.004, opacity=0.99)
+    splats = Splats({k: torch.cat([ring.params[k].detach(), strut.params[k].detach()]) for k in ring.params})
+    cfg = MeshConfig(resolution=64, views=2, view_size=32, faces=0)
+    grid = M.grid_box(splats, cfg.resolution)
+    field = M.fill_inside(M.density_grid(splats, grid).numpy(), cfg.threshold)
+    kept = mesh_summary(M.clean(*M.surface(field, grid, cfg.threshold), cfg.min_component))
+    assert kept["watertight"] and kept["genus"] == 2, kept  # the strut is there without the opening
+    s = mesh_summary(splats_to_mesh(splats, cfg))
+    assert s["watertight"] and s["pieces"] == 1 and s["genus"] == 1, s
+
+
+def test_decimation_that_pinches_a_closed_surface_keeps_it_whole(monkeypatch):
+    """fast-simplification can collapse an edge onto four faces; a watertight mesh is then kept undecimated."""
+    import trimesh
+
+    from lodsgs.splats.mesh import decimate
+    pytest.importorskip("fast_simplification")
+    ball = trimesh.creation.icosphere(subdivisions=4)
+    opened = trimesh.Trimesh(ball.vertices, ball.faces[:-40], process=False)
+    tries = []
+    monkeypatch.setattr(trimesh.Trimesh, "simplify_quadric_decimation",
+                        lambda self, face_count: tries.append(face_count) or opened)
+    out = decimate(ball, 1000, 0.05)
+    assert out is ball and len(tries) == 3
+
+
 @pytest.mark.slow
 def test_glb_is_unlit_with_linear_float_colours_and_loads_back(torus, tmp_path):
     _, mesh = torus

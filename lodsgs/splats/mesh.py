@@ -2,7 +2,8 @@
 
 The path, one function a step: the opacity density sum_i o_i exp(-1/2 d^T S_i^-1 d) of the Gaussians on a grid
 around them (as DreamGaussian's extraction, each Gaussian added over the voxels near it only); the inside of
-closed surfaces filled (splats of a surface are a shell with a hollow inside); marching cubes (scikit-image's
+closed surfaces filled (splats of a surface are a shell with a hollow inside); struts thinner than two cells
+dropped (stray Gaussians' bridges, which add handles the renders do not show); marching cubes (scikit-image's
 Lewiner variant, which resolves the ambiguous cube cases so the surface is closed and manifold); clean-up with
 trimesh (merge vertices, drop small pieces); optional quadric decimation (fast-simplification); vertex colours
 taken from the splats' own renders where each vertex is in view. Axes are lodsgs's world: y up, the front
@@ -26,7 +27,8 @@ from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 
 MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
-SEAL = 5  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
+SEAL = 8  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
+STRUT = 1  # cells: solid parts thinner than 2·STRUT cells (bridges of stray Gaussians) are dropped
 MARGIN = SEAL + 2  # empty cells around the splats, so the closing and the surface never touch the grid's edge
 BLUR = 0.5  # cells: every Gaussian is widened by this std
 TAIL = 0.01  # contributions o·exp(-m²/2) below this are left out of the density
@@ -114,6 +116,18 @@ def fill_inside(field: np.ndarray, threshold: float, seal: int = SEAL) -> np.nda
     return out
 
 
+def drop_struts(field: np.ndarray, threshold: float, cells: int = STRUT) -> np.ndarray:
+    """The field lowered below ``threshold`` where the solid is thinner than 2·``cells`` cells (a morphological
+    opening): stray Gaussians between parts leave thin bridges that would add handles (genus) the renders
+    do not show."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+    solid = field > threshold
+    keep = binary_dilation(binary_erosion(solid, iterations=cells), iterations=cells)
+    out = field.copy()
+    out[solid & ~keep] = 0.5 * threshold
+    return out
+
+
 def surface(field: np.ndarray, grid: Grid, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes (scikit-image, Lewiner) at ``threshold``: vertices in world units and faces."""
     from skimage.measure import marching_cubes
@@ -140,12 +154,17 @@ def clean(verts: np.ndarray, faces: np.ndarray, min_component: float):
 
 def decimate(mesh, faces: int, min_component: float):
     """Quadric decimation (fast-simplification through trimesh) to about ``faces`` faces, cleaned again (it
-    leaves stray two-face slivers behind); unchanged if the mesh already has fewer."""
+    leaves stray two-face slivers behind); unchanged if the mesh already has fewer. A watertight mesh stays
+    watertight: a target whose collapses pinch an edge is retried at ±10 % faces, else the mesh is kept whole."""
     if faces <= 0 or len(mesh.faces) <= faces:
         return mesh
     need_mesh_libraries(decimate=True)
-    out = mesh.simplify_quadric_decimation(face_count=faces)
-    return clean(out.vertices, out.faces, min_component)
+    for target in (faces, int(faces * 0.9), int(faces * 1.1)):  # a collapse can pinch an edge onto 4 faces
+        out = mesh.simplify_quadric_decimation(face_count=target)
+        out = clean(out.vertices, out.faces, min_component)
+        if out.is_watertight or not mesh.is_watertight:
+            return out
+    return mesh  # every try broke a watertight surface: keep it undecimated
 
 
 def colour_cameras(centre: Tensor, radius: float, n: int, size: int):
@@ -213,7 +232,7 @@ def splats_to_mesh(splats: Splats, cfg: MeshConfig | None = None):
     if splats.num == 0 or float(splats.opacities.detach().max()) <= TAIL:
         raise LodsgsError("the splats are empty or fully transparent: there is no surface to mesh")
     grid = grid_box(splats, cfg.resolution)
-    field = fill_inside(density_grid(splats, grid).numpy(), cfg.threshold)
+    field = drop_struts(fill_inside(density_grid(splats, grid).numpy(), cfg.threshold), cfg.threshold)
     mesh = decimate(clean(*surface(field, grid, cfg.threshold), cfg.min_component), cfg.faces, cfg.min_component)
     rgb = vertex_colors(mesh.vertices, mesh.vertex_normals, mesh.faces, splats, cfg, tolerance=2 * grid.voxel)
     mesh.visual.vertex_colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
