@@ -146,7 +146,6 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="mesh.key=value")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    torch.set_num_threads(2)
     cfg = mesh_config(a.sets)
     out = {}
     if a.truths or a.caption:

@@ -91,3 +91,29 @@ def test_one_lods_step_moves_the_learned_branch(sd, arch, method):
     assert images.grad is not None and images.grad.abs().sum() > 0  # through the VAE encoder to the renders
     moved = [(p.detach() - b).abs().max().item() for p, b in zip(guidance.trainable(), before, strict=True)]
     assert max(moved) > 0, f"{method}: the learned branch did not move"
+
+
+@pytest.mark.slow
+def test_two_step_image_to_3d_run_on_stable_diffusion(sd, arch, tmp_path):
+    """`generate --image` with the image_lods preset on SD's architecture: the prior's loss through the VAE on
+    the random views, the reference loss in pixels at the reference camera, both in the run's final metrics."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from lodsgs.config import load_config
+    from lodsgs.generate import generate
+    if arch != "sd21":
+        pytest.skip("the image path is the same for every architecture: SD 2.1 checks it")
+    prior, _, folder = sd
+    picture = np.zeros((128, 128, 4), dtype=np.uint8)
+    picture[40:90, 30:100] = (200, 30, 30, 255)
+    Image.fromarray(picture).save(tmp_path / "ref.png")
+    cfg = load_config("image_lods", [f"prior.model={folder}", f"image.path={tmp_path / 'ref.png'}", "run.steps=2",
+                                     "run.batch=1", "camera.width=64", "camera.height=64", "init.num=300",
+                                     "run.turntable_frames=2", "run.turntable_size=32", "run.device=cpu"])
+    run_dir = generate("a red cube", cfg, tmp_path / "runs", quiet=True, prior=prior)
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert final["ref_rgb_mse"] > 0 and final["ref_mask_mse"] > 0 and "sds" in final, final
+    assert (run_dir / "reference.png").is_file() and (run_dir / "splats.ply").is_file()
