@@ -40,8 +40,8 @@ EDIT_VARIANTS = {
     "source": ("edit", []),
     "sds": ("edit", []),
     "dds": ("edit", ["method=dds"]),
-    "lods": ("edit", ["method=lods", "guidance_scale=100"]),
-    "lods-null": ("edit", ["method=lods", "guidance_scale=100", "alpha_from_source=false"]),
+    "lods": ("edit", ["method=lods"]),
+    "lods-null": ("edit", ["method=lods", "alpha_from_source=false"]),
 }
 
 
