@@ -38,7 +38,7 @@ GENERATE_VARIANTS = {  # name: (preset, --set overrides)
 }
 EDIT_VARIANTS = {
     "source": ("edit", []),
-    "sds": ("edit", []),
+    "sds": ("edit", ["method=sds"]),
     "dds": ("edit", ["method=dds"]),
     "lods": ("edit", ["method=lods"]),
     "lods-null": ("edit", ["method=lods", "alpha_from_source=false"]),

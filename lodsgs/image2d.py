@@ -62,8 +62,9 @@ PRESETS: dict[str, dict] = {
     "paper-embedding": {"method": "lods-embedding", "guidance_scale": 100.0, "embedding_lr": 1e-4},
     "paper-lora": {"method": "lods-lora", "guidance_scale": 1e6, "lora_lr": 1e-5},
     # LODS editing at the prior's own CFG with t in [0.05, 0.5]: a colour edit keeps the layout, high t only
-    # redraws it. Probed on 5 colour edits (red sphere, green cube, blue cone, yellow cylinder, purple torus; seed 0;
-    # docs/2d.md): PSNR 27.8 dB vs 23.1 (3 of them) at omega 7.5 with t up to 0.95; omega 100 20.1, alpha lr 1e-3 18.0.
+    # redraws it. Probed on colour edits (seed 0; docs/2d.md): on red sphere, green cube, blue cone PSNR 25.4 dB vs
+    # 23.1 for omega 7.5 with t up to 0.95 (omega 100: 20.2; alpha lr 1e-3: 18.0); 27.8 dB on those plus yellow
+    # cylinder and purple torus.
     "edit": {"method": "lods", "guidance_scale": 3.0, "t_min": 0.05, "t_max": 0.5, "t_max_end": 0.5,
              "particles": 1, "batch": 1, "steps": 200},
 }
