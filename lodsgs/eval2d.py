@@ -38,10 +38,10 @@ GENERATE_VARIANTS = {  # name: (preset, --set overrides)
 }
 EDIT_VARIANTS = {
     "source": ("edit", []),
-    "sds": ("edit", []),
+    "sds": ("edit", ["method=sds"]),
     "dds": ("edit", ["method=dds"]),
-    "lods": ("edit", ["method=lods", "guidance_scale=100"]),
-    "lods-null": ("edit", ["method=lods", "guidance_scale=100", "alpha_from_source=false"]),
+    "lods": ("edit", ["method=lods"]),
+    "lods-null": ("edit", ["method=lods", "alpha_from_source=false"]),
 }
 
 

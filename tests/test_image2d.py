@@ -143,6 +143,14 @@ def test_lods_edit_alpha_starts_at_source_or_null(tiny_prior_dirs):
         assert run.logs[-1]["alpha_cos"] == pytest.approx(cos, abs=1e-4)  # α still at its start: cos(start, target)
 
 
+def test_edit_eval_variants_run_the_method_they_name():
+    """The default `lodsgs eval --2d` edit rows: `sds` is SDS and `dds` DDS, not the `edit` preset's LODS."""
+    from lodsgs.eval2d import EDIT_VARIANTS
+    methods = {name: make_config(preset, sets).method for name, (preset, sets) in EDIT_VARIANTS.items()}
+    assert {k: methods[k] for k in ("sds", "dds", "lods", "lods-null")} == {
+        "sds": "sds", "dds": "dds", "lods": "lods", "lods-null": "lods"}
+
+
 @pytest.mark.slow
 def test_image_on_shapes_prior_moves_toward_truth(tmp_path):
     """40 steps on the shapes prior: the particles get closer to the caption's truth than their noise start."""
