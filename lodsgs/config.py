@@ -332,6 +332,11 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise LodsgsError(bad + "an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-7" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise LodsgsError(bad + "a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LodsgsError(bad + "a number")
         return float(value)

@@ -120,3 +120,11 @@ def test_a_text_runs_hash_ignores_image_settings_and_an_image_runs_does_not():
     assert config_hash(load_config(None, ["image.recenter=false", "image.elevation=20"])) == text
     image = config_hash(load_config(None, ["image.path=ref.png"]))
     assert image != text and config_hash(load_config(None, ["image.path=ref.png", "image.elevation=20"])) != image
+
+
+def test_a_float_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(tmp_path):
+    assert load_config(None, ["guidance.lora_lr=5e-7"]).guidance.lora_lr == 5e-7  # YAML 1.1 reads it as a string
+    (tmp_path / "c.yaml").write_text("guidance:\n  embedding_lr: 1e-3\n")
+    assert load_config(str(tmp_path / "c.yaml"), []).guidance.embedding_lr == 1e-3
+    with pytest.raises(LodsgsError, match="expected a number"):
+        load_config(None, ["guidance.lora_lr=fast"])
