@@ -301,10 +301,11 @@ def with_reference(specs: dict, caption: str, config: str | None, out: Path) -> 
     recentred, the lifted reference as the start, then the variant's own overrides (text-only clears the image)."""
     from lodsgs.config import load_config
 
-    made = {}
+    made, inputs = {}, {}
     for key, (common, own) in specs.items():
-        path = reference_input(caption, load_config(config, common), out / "references")
-        made[key] = load_config(config, [*common, ("image.path", str(path)), "image.recenter=false",
+        if tuple(common) not in inputs:  # variants sharing the common settings share one rendered input
+            inputs[tuple(common)] = reference_input(caption, load_config(config, common), out / "references")
+        made[key] = load_config(config, [*common, ("image.path", str(inputs[tuple(common)])), "image.recenter=false",
                                          "init.kind=image", *own])
     return made
 

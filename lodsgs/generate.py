@@ -255,7 +255,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     if cfg.render.random_background > 0 and torch.rand(1, generator=s.camera_rng).item() < cfg.render.random_background:
         background = torch.rand(3, generator=s.camera_rng)
     set_lrs(cfg, s)
-    B, ref_term, ref_logs = len(cams), 0.0, {}
+    B, labels, ref_term, ref_logs = len(cams), view_labels(cams, cfg.camera), 0.0, {}
     if s.reference is not None:  # the reference view rendered with the random ones, on the fixed background
         cams = append_camera(cams, s.reference_camera)
         background = torch.cat([background.expand(B, 3), torch.tensor([cfg.render.background])])
@@ -265,7 +265,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
         ref_term, ref_logs = reference_loss(cfg.image, out.rgb[B], out.alpha[B, ..., 0], s.reference, s.step)
     prior_weight = cfg.image.prior_weight if s.reference is not None else 1.0
     # image.prior_weight 0: the reference alone, and no UNet call for a loss that would be dropped
-    g = s.guidance(out.rgb[:B], view_labels(cams, cfg.camera)[:B], s.step) if prior_weight > 0 else None
+    g = s.guidance(out.rgb[:B], labels, s.step) if prior_weight > 0 else None
     for opt in _all_optimizers(s):
         opt.zero_grad(set_to_none=True)
     loss = ref_term + opaque_term(cfg, out.alpha)
