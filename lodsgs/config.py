@@ -234,11 +234,12 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
         raise LodsgsError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
+    resolved = data.pop("resolved", False) is True  # a run's saved config: its prior's profile is already in it
     merge(cfg, data, where=str(path))
     trees = [literal_override(*item) if isinstance(item, tuple) else parse_override(item) for item in overrides or []]
     for tree in trees:
         merge(cfg, tree, where="--set")
-    profile = prior_profile(cfg.prior.model)
+    profile = None if resolved else prior_profile(cfg.prior.model)
     if profile is not None:  # the prior's own recommended settings, then the explicit overrides again
         merge(cfg, yaml.safe_load(profile.read_text()) or {}, where=str(profile))
         for tree in trees:
@@ -425,12 +426,23 @@ NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every
                        "turntable_size", "spz", "keep_checkpoints", "view_every", "mesh"}, "mesh": None}  # None: all
 
 
+def image_digest(path: str) -> str:
+    """12 hex digits of a reference image's bytes, so a run is keyed by what the image shows, not where it lies
+    (a moved file still matches its run; a file replaced at the same path does not); the path if unreadable."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return path
+
+
 def config_hash(cfg: Config) -> str:
     """12 hex digits of the settings that decide a run's result (NOT_IN_HASH left out; a text run's image
-    settings decide nothing, so they count as the defaults)."""
+    settings decide nothing, so they count as the defaults; the reference counts by its content)."""
     d = to_dict(cfg)
     if not cfg.image.path:
         d["image"] = dataclasses.asdict(ImageConfig())
+    else:
+        d["image"]["path"] = image_digest(cfg.image.path)
     for section, keys in NOT_IN_HASH.items():
         d[section] = {k: v for k, v in d[section].items() if keys is not None and k not in keys}
         if not d[section]:
@@ -462,4 +474,6 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The resolved settings as YAML, marked ``resolved`` so that loading them gives the same run back (the
+    prior's profile is not applied over them again)."""
+    write_text(path, yaml.safe_dump({"resolved": True, **to_dict(cfg)}, sort_keys=False))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lodsgs.cameras import Cameras, eval_cameras, sample_cameras, view_labels
-from lodsgs.config import CameraConfig, Config, config_diff, config_hash, save_config, to_dict
+from lodsgs.config import CameraConfig, Config, config_diff, config_hash, image_digest, save_config, to_dict
 from lodsgs.errors import LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.lift import layout, lift
@@ -41,9 +41,10 @@ class Interrupted(LodsgsError):
 
 
 def run_name(prompt: str, seed: int, image: str = "") -> str:
-    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt, seed (and reference image)."""
+    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt, seed (and the reference
+    image's content, so the same picture under another path names the same run)."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "prompt"
-    digest = hashlib.sha1(f"{prompt}\0{seed}{chr(0) + image if image else ''}".encode()).hexdigest()[:8]
+    digest = hashlib.sha1(f"{prompt}\0{seed}{chr(0) + image_digest(image) if image else ''}".encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
 
 

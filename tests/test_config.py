@@ -128,3 +128,28 @@ def test_a_float_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(tmp_p
     assert load_config(str(tmp_path / "c.yaml"), []).guidance.embedding_lr == 1e-3
     with pytest.raises(LodsgsError, match="expected a number"):
         load_config(None, ["guidance.lora_lr=fast"])
+
+
+def test_a_reference_counts_by_its_content_not_its_path(tmp_path):
+    from lodsgs.config import config_hash
+    from lodsgs.generate import run_name
+    a, b = tmp_path / "a.png", tmp_path / "moved" / "b.png"
+    b.parent.mkdir()
+    a.write_bytes(b"one picture")
+    b.write_bytes(b"one picture")
+    cfg_a, cfg_b = (load_config(None, [f"image.path={p}"]) for p in (a, b))
+    assert config_hash(cfg_a) == config_hash(cfg_b) and run_name("a cube", 0, str(a)) == run_name("a cube", 0, str(b))
+    b.write_bytes(b"another picture")  # replaced at the same path: a finished run of the old one must not count
+    assert config_hash(load_config(None, [f"image.path={b}"])) != config_hash(cfg_a)
+    assert run_name("a cube", 0, str(b)) != run_name("a cube", 0, str(a))
+
+
+def test_a_runs_saved_config_loads_back_as_it_ran(tmp_path):
+    cfg = load_config(None, ["prior.model=shapes", "init.kind=ball",
+                             "camera.width=48", "guidance.guidance_scale=100"])
+    assert cfg.camera.width == 48 and cfg.guidance.guidance_scale == 100  # over the shapes profile
+    save_config(cfg, tmp_path / "config.yaml")
+    assert to_dict(load_config(str(tmp_path / "config.yaml"))) == to_dict(cfg)
+    (tmp_path / "mine.yaml").write_text("prior:\n  model: shapes\ncamera:\n  width: 48\n")  # a user's file: profile on
+    profile_width = load_config(None, ["prior.model=shapes"]).camera.width
+    assert load_config(str(tmp_path / "mine.yaml")).camera.width == profile_width
