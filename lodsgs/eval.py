@@ -8,6 +8,7 @@ captioned colour (and the six colours of the captioned shape), is the caption's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from lodsgs.cameras import CameraConfig, Cameras, eval_cameras, orbit_position
 from lodsgs.errors import LodsgsError
+from lodsgs.files import write_text
 from lodsgs.fit import psnr_db
 from lodsgs.prior.shapes import world
 from lodsgs.splats.model import Splats
@@ -45,6 +47,7 @@ IMAGE_VARIANTS = {
     "text-only": ["image.path=", "init.kind=layout"],
 }
 Images = tuple[Tensor, Tensor]  # rgb [C,H,W,3] and silhouette (alpha > 0.5) [C,H,W] at the eval views
+SCORE_VERSION = 1  # raise when score_caption's numbers change, so kept scores are recomputed
 SPREAD = ("psnr", "iou", "shape_r1", "color_r1")  # metrics whose spread across seeds the summary gives
 
 
@@ -310,14 +313,15 @@ def with_reference(specs: dict, caption: str, config: str | None, out: Path) -> 
     return made
 
 
-def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, log) -> tuple[Splats, float, int]:
-    """One run's splats, seconds and steps: the start for 'init'; else the run folder's result if it was made
-    with these settings (config hash), else generated (resuming an interrupted run of the same settings)."""
+def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable,
+                  log) -> tuple[Splats, float, int, Path | None]:
+    """One run's splats, seconds, steps and folder: the start for 'init' (no folder); else the run folder's
+    result if it was made with these settings (config hash), else generated (resuming an interrupted run)."""
     from lodsgs.generate import finished, generate, init_splats, resumable, run_name
     from lodsgs.splats.io import read_ply
 
     if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
-        return init_splats(cfg, caption, prior(cfg)), 0.0, 0
+        return init_splats(cfg, caption, prior(cfg)), 0.0, 0, None
     folder = out / variant
     run_dir = folder / run_name(caption, cfg.run.seed, cfg.image.path)
     if not finished(run_dir, cfg):
@@ -327,7 +331,26 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, l
         log(f"[{variant}] {caption} (seed {cfg.run.seed}){why}")
         generate(caption, cfg, folder, resume=resume, overwrite=True, quiet=True, prior=prior(cfg))
     done = json.loads((run_dir / "metrics.json").read_text())
-    return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"]
+    return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"], run_dir
+
+
+def cached_score(run_dir: Path | None, key: dict, compute: Callable[[], dict]) -> dict:
+    """A run's scores, kept in its folder (``eval-score.json``) under ``key`` plus the splats file's size and
+    time, so that rerunning an eval (to add a method, a caption or a seed) does not render every run again."""
+    if run_dir is None:
+        return compute()
+    ply = (run_dir / "splats.ply").stat()
+    key = json.loads(json.dumps({**key, "version": SCORE_VERSION, "splats": [ply.st_size, ply.st_mtime_ns]}))
+    file = run_dir / "eval-score.json"
+    try:
+        kept = json.loads(file.read_text())
+        if kept["key"] == key:
+            return kept["score"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    score = compute()
+    write_text(file, json.dumps({"key": key, "score": score}))
+    return score
 
 
 def run_eval(
@@ -367,11 +390,14 @@ def run_eval(
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
         for (variant, _), cfg in (with_reference(specs, caption, config, out) if image else cfgs).items():
             try:
-                splats, seconds, steps = result_splats(caption, variant, cfg, out, prior, log)
+                splats, seconds, steps, run_dir = result_splats(caption, variant, cfg, out, prior, log)
             except (KeyboardInterrupt, Interrupted):
                 raise Interrupted(f"eval interrupted at {variant!r} / {caption!r}; rerun the same command to "
                                   "continue: finished runs are reused, this one resumes from its checkpoint") from None
-            s = score_caption(splats, caption, views, world.BACKGROUND, cfg.image.elevation if image else None)
+            ref = cfg.image.elevation if image else None
+            key = {"caption": caption, "views": dataclasses.asdict(views), "ref_elevation": ref}
+            scorer = functools.partial(score_caption, splats, caption, views, world.BACKGROUND, ref)
+            s = cached_score(run_dir, key, scorer)
             result.rows.append({"variant": variant, "caption": caption, "seed": cfg.run.seed, **s,
                                 "seconds": seconds, "steps": steps})
     (out / "eval.json").write_text(json.dumps({"rows": result.rows, "summary": result.summary(),

@@ -547,7 +547,7 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
 
 OUTPUTS = ("reference.png", "splats.ply", "splats.splat", "splats.spz", "turntable.gif", "turntable.mp4",
            "preview.png", "metrics.json", "mesh.glb", "log.jsonl", "config.yaml", "prompt.txt", "checkpoints",
-           "progress")
+           "progress", "eval-score.json")
 
 
 def clear_outputs(run_dir: Path) -> None:

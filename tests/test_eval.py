@@ -92,7 +92,7 @@ def test_summary_over_seeds_averages_r_precision_over_single_objects_only():
 
 
 @pytest.mark.slow
-def test_eval_command_writes_table_and_json_and_resumes(tmp_path):
+def test_eval_command_writes_table_and_json_and_resumes(tmp_path, monkeypatch):
     args = ["eval", "--caption", "a red cube", "--variant", "init=",
             "--variant", "sds=guidance.method=sds,init.color=[0.5,0.5,0.5]", "--steps", "3",
             "--seeds", "0,1", "--out", str(tmp_path)]
@@ -106,8 +106,15 @@ def test_eval_command_writes_table_and_json_and_resumes(tmp_path):
     assert "| sds | 2 |" in (tmp_path / "eval.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sds").glob("*/metrics.json")}
     assert len(stamps) == 2  # one run folder per seed
+    first, calls = data["rows"], []
+    monkeypatch.setattr("lodsgs.eval.score_caption", lambda *a: calls.append(a) or first[0])
     assert CliRunner().invoke(app, args).exit_code == 0
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished runs are scored again, not regenerated
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished runs are reused, not regenerated
+    assert json.loads((tmp_path / "eval.json").read_text())["rows"][1] == first[1]  # and so are their scores:
+    assert len(calls) == 2  # only the two inits (no run folder) were scored again
+    ply = next((tmp_path / "sds").glob("*/splats.ply"))
+    ply.write_bytes(ply.read_bytes())  # the splats changed: the kept score no longer counts
+    assert CliRunner().invoke(app, args).exit_code == 0 and len(calls) == 5
 
 
 def test_eval_refuses_captions_outside_the_world(tmp_path):
