@@ -9,7 +9,9 @@ silhouette IoU with the target and with the source (a colour edit must keep the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch import Tensor
 from lodsgs.cameras import sample_cameras
 from lodsgs.errors import LodsgsError
 from lodsgs.eval import chroma, purity
+from lodsgs.files import write_text
 from lodsgs.fit import psnr_db
 from lodsgs.prior.shapes import world
 from lodsgs.prior.shapes.sanity import border_color, dominant_color, nearest_color_name
@@ -144,7 +147,8 @@ def edit_scores(edited: Tensor, src: Tensor, tgt: Tensor) -> dict:
 
 def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path, captions: list[str] | None = None,
                seeds: list[int] | None = None, steps: int | None = None, log=print) -> list[dict]:
-    """Run every (caption, variant, seed) not yet in out/rows.jsonl, append its row, and write eval2d.md/json."""
+    """Run every (caption, variant, seed) not yet in out/rows.jsonl with these settings, keep its row there, and
+    write eval2d-TASK.md/json."""
     from lodsgs.image2d import edit, initial_particles, make_config, optimize, save_png, side_by_side, slug
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
     if task not in TASKS:
@@ -160,18 +164,20 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
     text = rows_file.read_text() if rows_file.exists() else ""
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    done = {(r["task"], r["variant"], r["caption"], r["seed"]) for r in rows}
+    kept = {row_key(r): r for r in (json.loads(line) for line in text.splitlines() if line.strip())}
     prior = None
     for seed in seeds or [0]:
         for source, target in cases:  # caption-major: an interrupted eval already compares every method
             for name, cfg in cfgs.items():
-                if (task, name, source, seed) in done:
+                cfg = dataclasses.replace(cfg, seed=seed)
+                old = kept.get((task, name, source, seed))
+                if old is not None and old.get("settings") == settings_hash(cfg):
                     continue
                 prior = prior or DiffusionPrior.from_pretrained(resolve_model("shapes"))
-                cfg = dataclasses_replace(cfg, seed=seed)
-                log(f"[2d {task}] {name} {source!r}{'' if task == 'generate' else f' -> {target!r}'} seed {seed}")
-                row = {"task": task, "variant": name, "caption": source, "target": target, "seed": seed}
+                why = " (settings changed: running again)" if old is not None else ""
+                log(f"[2d {task}] {name} {source!r}{'' if task == 'generate' else f' -> {target!r}'} seed {seed}{why}")
+                row = {"task": task, "variant": name, "caption": source, "target": target, "seed": seed,
+                       "settings": settings_hash(cfg)}
                 if task == "generate":
                     if name == REFERENCE[task]:
                         images, seconds = prior.sample(source, n=cfg.particles, seed=seed), 0.0
@@ -194,18 +200,21 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
                 folder = out / "images" / task / name
                 folder.mkdir(parents=True, exist_ok=True)
                 save_png(folder / f"{slug(source)}-s{seed}.png", side_by_side(images))
-                rows.append(row)
-                with open(rows_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-    rows = [r for r in rows if r["task"] == task]
+                kept[row_key(row)] = row  # a changed variant's row replaces the old one in place
+                write_text(rows_file, "".join(json.dumps(r) + "\n" for r in kept.values()))
+    rows = [r for r in kept.values() if r["task"] == task]
     (out / f"eval2d-{task}.md").write_text(markdown(task, rows))
     (out / f"eval2d-{task}.json").write_text(json.dumps({"rows": rows, "summary": summary(task, rows)}, indent=2))
     return rows
 
 
-def dataclasses_replace(cfg, **kw):
-    import dataclasses
-    return dataclasses.replace(cfg, **kw)
+def row_key(row: dict) -> tuple:
+    return row["task"], row["variant"], row["caption"], row["seed"]
+
+
+def settings_hash(cfg) -> str:
+    """12 hex digits of a run's settings: a kept row counts only if its variant still means the same run."""
+    return hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def diagnostics(logs: list[dict]) -> dict:

@@ -165,3 +165,24 @@ def test_image_on_shapes_prior_moves_toward_truth(tmp_path):
     after = generation_scores(run.images, "a red cube")["nearest_view_mse"]
     print(f"nearest-view MSE {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before
+
+
+def test_eval_2d_writes_its_table_keeps_rows_and_reruns_a_redefined_variant(tmp_path):
+    from typer.testing import CliRunner
+
+    from lodsgs.cli import app
+
+    def run(*variants):
+        args = ["eval", "--2d", "--task", "colour", "--caption", "a red sphere", "--steps", "2", "--out", str(tmp_path)]
+        result = CliRunner().invoke(app, [*args, *(x for v in variants for x in ("--variant", v))])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first = run("source=", "sds=method=sds")
+    assert "[2d colour] sds 'a red sphere' -> 'a green sphere' seed 0" in first
+    assert "| sds | 1 |" in (tmp_path / "eval2d-colour.md").read_text()
+    assert "[2d" not in run("source=", "sds=method=sds")  # kept rows with the same settings are not run again
+    again = run("sds=method=sds,guidance_scale=7.5")  # the same name, another run
+    assert "sds 'a red sphere' -> 'a green sphere' seed 0 (settings changed: running again)" in again
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["source", "sds"]  # replaced in place, not appended
