@@ -148,7 +148,7 @@ def edit_scores(edited: Tensor, src: Tensor, tgt: Tensor) -> dict:
 def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path, captions: list[str] | None = None,
                seeds: list[int] | None = None, steps: int | None = None, log=print) -> list[dict]:
     """Run every (caption, variant, seed) not yet in out/rows.jsonl with these settings, keep its row there, and
-    write eval2d-TASK.md/json."""
+    write eval2d-TASK.md/json over the rows asked for (other rows stay in rows.jsonl for later tables)."""
     from lodsgs.image2d import edit, initial_particles, make_config, optimize, save_png, side_by_side, slug
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
     if task not in TASKS:
@@ -202,7 +202,7 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
                 save_png(folder / f"{slug(source)}-s{seed}.png", side_by_side(images))
                 kept[row_key(row)] = row  # a changed variant's row replaces the old one in place
                 write_text(rows_file, "".join(json.dumps(r) + "\n" for r in kept.values()))
-    rows = [r for r in kept.values() if r["task"] == task]
+    rows = [kept[(task, name, source, seed)] for seed in seeds or [0] for source, _ in cases for name in cfgs]
     (out / f"eval2d-{task}.md").write_text(markdown(task, rows))
     (out / f"eval2d-{task}.json").write_text(json.dumps({"rows": rows, "summary": summary(task, rows)}, indent=2))
     return rows

@@ -186,3 +186,4 @@ def test_eval_2d_writes_its_table_keeps_rows_and_reruns_a_redefined_variant(tmp_
     assert "sds 'a red sphere' -> 'a green sphere' seed 0 (settings changed: running again)" in again
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["source", "sds"]  # replaced in place, not appended
+    assert "| source |" not in (tmp_path / "eval2d-colour.md").read_text()  # the table holds what was asked for
