@@ -165,8 +165,8 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
     rows_file = out / "rows.jsonl"
     text = rows_file.read_text() if rows_file.exists() else ""
     kept = {row_key(r): r for r in (json.loads(line) for line in text.splitlines() if line.strip())}
-    prior = None
-    for seed in seeds or [0]:
+    prior, seeds = None, seeds or [0]
+    for seed in seeds:
         for source, target in cases:  # caption-major: an interrupted eval already compares every method
             for name, cfg in cfgs.items():
                 cfg = dataclasses.replace(cfg, seed=seed)
@@ -202,7 +202,7 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
                 save_png(folder / f"{slug(source)}-s{seed}.png", side_by_side(images))
                 kept[row_key(row)] = row  # a changed variant's row replaces the old one in place
                 write_text(rows_file, "".join(json.dumps(r) + "\n" for r in kept.values()))
-    rows = [kept[(task, name, source, seed)] for seed in seeds or [0] for source, _ in cases for name in cfgs]
+    rows = [kept[(task, name, source, seed)] for seed in seeds for source, _ in cases for name in cfgs]
     (out / f"eval2d-{task}.md").write_text(markdown(task, rows))
     (out / f"eval2d-{task}.json").write_text(json.dumps({"rows": rows, "summary": summary(task, rows)}, indent=2))
     return rows
