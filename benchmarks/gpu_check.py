@@ -85,7 +85,7 @@ def resume_check(device: torch.device) -> dict:
         prior_dir = build_tiny_prior(Path(d) / "prior", "latent")
         cfg = load_config("fast", [f"prior.model={prior_dir}", f"run.device={device.type}", "run.steps=8",
                                    "run.batch=2", "camera.width=32", "camera.height=32", "init.num=300",
-                                   "densify.refine_start=2", "densify.refine_every=2", "densify.refine_stop=7",
+                                   "densify.start=0.25", "densify.every=0.25", "densify.stop=0.875",
                                    "run.turntable_frames=2", "run.turntable_size=16"])
         full = gen.generate("a red cube", cfg, Path(d) / "full", quiet=True)
         real = gen.train_step

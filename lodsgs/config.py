@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,30 +20,49 @@ import yaml
 
 from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
+from lodsgs.names import prior_profile
 
 # an installed package carries the presets in lodsgs/configs/ (setup.py copies them); a source checkout (editable
 # install) reads the top-level configs/ they are copied from
 _PACKAGED, _CHECKOUT = Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs"
 PRESET_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 DEFAULT_PRESET = "lods_embedding"
+MAX_STEPS = 1_000_000  # a run.steps beyond this is a typo, not a plan (a CPU step takes a quarter of a second)
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, open_lo: bool = False) -> Any:
+    """A dataclass field whose value must lie in [lo, hi] ((lo, hi] when ``open_lo``); None: unbounded. The range
+    lives on the field (its metadata), so validate() checks every field that has one."""
+    return field(default=default, metadata={"range": (lo, hi, open_lo)})
+
+
+def fraction(default: float) -> Any:
+    """A point or period of the run as a fraction of run.steps (0..1): ``--steps N`` keeps the preset's shape."""
+    return bounded(default, 0, 1)
+
+
+def at_step(frac: float, steps: int) -> int:
+    """The step a fraction of the run falls on (round half to even, as Python rounds)."""
+    return int(round(frac * steps))
 
 
 @dataclass
 class RunConfig:
-    """What to run and how long; paper 3DGS defaults (2,500 steps, 8 views per step)."""
+    """What to run and how long; paper 3DGS defaults (2,500 steps, 8 views per step). I/O periods (checkpoint,
+    log, preview, view) are in steps; the schedules that shape the result are fractions of ``steps``."""
 
-    steps: int = 2500
-    batch: int = 8
-    seed: int = 0
+    steps: int = bounded(2500, 1, MAX_STEPS)
+    batch: int = bounded(8, 1, 1024)
+    seed: int = bounded(0, 0, 2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int = 250
-    log_every: int = 10  # append a record to RUN_DIR/log.jsonl every N steps and at the last (0 = off)
-    preview_every: int = 0  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
-    turntable_frames: int = 36
-    turntable_size: int = 256
+    checkpoint_every: int = bounded(250, 1)
+    log_every: int = bounded(10, 0)  # append a record to RUN_DIR/log.jsonl every N steps and at the last (0 = off)
+    preview_every: int = bounded(0, 0)  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
+    turntable_frames: int = bounded(36, 1, 3600)
+    turntable_size: int = bounded(256, 8, 4096)
     spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a fifth of the .ply)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
-    view_every: int = 10  # with --view: push the current splats to the browser every N steps
+    view_every: int = bounded(10, 1)  # with --view: push the current splats to the browser every N steps
     mesh: bool = False  # also write RUN_DIR/mesh.glb (vertex-coloured, watertight; needs lodsgs[mesh])
 
 
@@ -61,49 +81,53 @@ class InitConfig:
     splits the ball into one ball per separate object in it, where the sample puts them."""
 
     kind: Literal["ball", "shell", "ply", "sample", "layout", "image"] = "ball"  # image: the reference lifted
-    num: int = 4096
-    radius: float = 0.5
+    num: int = bounded(4096, 1, 10_000_000)
+    radius: float = bounded(0.5, 0, 1e3, open_lo=True)
     path: str = ""
-    opacity: float = 0.1
-    sh_degree: int = 0
+    opacity: float = bounded(0.1, 0, 1, open_lo=True)
+    sh_degree: int = bounded(0, 0, 3)
     color: tuple[float, float, float] | None = None  # one start colour for every Gaussian (None: random)
-    sample_scale: float = 3.0  # CFG scale of the ``sample`` / ``layout`` starts' DDIM samples (50 steps)
-    samples: int = 4  # the ``layout`` start keeps the first of this many samples that shows the most objects apart
+    sample_scale: float = bounded(3.0, 0, 1e4)  # CFG scale of the ``sample`` / ``layout`` starts' DDIM samples
+    samples: int = bounded(4, 1, 64)  # the ``layout`` start keeps the first of this many samples that shows the
+    # most objects apart
 
 
 @dataclass
 class OptimConfig:
     """Adam learning rates per splat parameter (LODS-3DGS: GaussianDreamer's, spatial scale 3.5)."""
 
-    means: float = 1.75e-4
-    means_final: float = 8.75e-5  # log-linear decay of the means lr over the run
-    others_final: float = 1.0  # the other lrs end at this fraction of their start (log-linear; 1 = constant)
-    opaque: float = 0.0  # weight of the rendered alpha's binary entropy: crisp silhouettes (0 = off)
-    scales: float = 0.005
-    quats: float = 0.001
-    opacities: float = 0.01
-    sh0: float = 0.0125
-    shN: float = 0.0125 / 20
+    means: float = bounded(1.75e-4, 0, 10)
+    means_final: float = bounded(8.75e-5, 0, 10)  # log-linear decay of the means lr over the run
+    others_final: float = bounded(1.0, 0, 1, open_lo=True)  # the other lrs end at this fraction of their start
+    opaque: float = bounded(0.0, 0, 1e6)  # weight of the rendered alpha's binary entropy: crisp silhouettes (0 = off)
+    scales: float = bounded(0.005, 0, 10)
+    quats: float = bounded(0.001, 0, 10)
+    opacities: float = bounded(0.01, 0, 10)
+    sh0: float = bounded(0.0125, 0, 10)
+    shN: float = bounded(0.0125 / 20, 0, 10)
 
 
 @dataclass
 class GuidanceConfig:
-    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's."""
+    """Guidance settings; defaults are LODS-3DGS's (configs/lods-gs-embedding.yaml); presets hold each method's.
+    ``dds`` (Delta Denoising Score) is for ``lodsgs edit`` only: SDS with the source image's branch subtracted."""
 
-    method: Literal["sds", "lods-embedding", "lods-lora"] = "lods-embedding"
-    guidance_scale: float = 1000.0  # ω; LODS divides the CFG gradient by it. Presets: sds 100, lods 1000
+    method: Literal["sds", "lods-embedding", "lods-lora", "dds"] = "lods-embedding"
+    guidance_scale: float = bounded(1000.0, 0, 1e7, open_lo=True)  # ω; LODS divides the CFG gradient by it
     negative_prompt: str = ""  # unconditional branch; α's initial value and LoRA's condition (presets choose)
     view_dependent: bool = True  # conditional prompt gets ", front view" / side / back / overhead
-    min_step_percent: float = 0.02  # t_min = 0.02·T
-    max_step_percent: float = 0.98  # t_max = 0.98·T until anneal_after_step
+    min_step_percent: float = bounded(0.02, 0, 1)  # t_min = 0.02·T
+    max_step_percent: float = bounded(0.98, 0, 1)  # t_max = 0.98·T until anneal_at
     anneal: Literal["step", "linear"] = "step"  # step: LODS-3DGS's drop; linear: DreamGaussian's ramp
-    anneal_after_step: int = 500  # step: t_max drops after this step (0.98 -> 0.55); linear: reaches it here
-    max_step_percent_after: float = 0.55
-    embedding_lr: float = 1e-4  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
-    lora_lr: float = 5e-7  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
-    lora_rank: int = 4
-    lora_scale: float = 0.5  # LoRA weight on the unconditional branch (and in its training)
-    prior_loss_weight: float = 1.0  # λ on the ε-MSE that trains α / ψ
+    # step: t_max drops (0.98 -> 0.55) after this fraction of the run; linear: reaches it here. LODS-3DGS drops
+    # after step 500 of 2,500: 0.2
+    anneal_at: float = fraction(0.2)
+    max_step_percent_after: float = bounded(0.55, 0, 1)
+    embedding_lr: float = bounded(1e-4, 0, 10)  # α's lr, LODS-3DGS (LODS-NeRF used 1e-5)
+    lora_lr: float = bounded(5e-7, 0, 10)  # ψ's lr, LODS-NeRF (LoRA was released for NeRF only)
+    lora_rank: int = bounded(4, 1, 1024)
+    lora_scale: float = bounded(0.5, 0, 100)  # LoRA weight on the unconditional branch (and in its training)
+    prior_loss_weight: float = bounded(1.0, 0, 1e6)  # λ on the ε-MSE that trains α / ψ
 
 
 @dataclass
@@ -115,56 +139,57 @@ class CameraConfig:
     azimuth: tuple[float, float] = (-180.0, 180.0)
     radius: tuple[float, float] = (2.5, 4.0)
     fovy: tuple[float, float] = (40.0, 70.0)
-    width: int = 64
-    height: int = 64
-    jitter: float = 0.0  # std of a random offset of the look-at target, world units
-    front_threshold: float = 45.0  # |azimuth| below this is "front"
-    back_threshold: float = 45.0  # |azimuth| above 180 - this is "back"
-    overhead_threshold: float = 60.0  # elevation above this is "overhead"
+    width: int = bounded(64, 8, 4096)
+    height: int = bounded(64, 8, 4096)
+    jitter: float = bounded(0.0, 0, 100)  # std of a random offset of the look-at target, world units
+    front_threshold: float = bounded(45.0, 0, 180)  # |azimuth| below this is "front"
+    back_threshold: float = bounded(45.0, 0, 180)  # |azimuth| above 180 - this is "back"
+    overhead_threshold: float = bounded(60.0, -90, 90)  # elevation above this is "overhead"
     # evaluation / turntable cameras
-    eval_elevation: float = 15.0
-    eval_radius: float = 4.0
-    eval_fovy: float = 70.0
+    eval_elevation: float = bounded(15.0, -89, 89)
+    eval_radius: float = bounded(4.0, 0, 1e3, open_lo=True)
+    eval_fovy: float = bounded(70.0, 0, 180, open_lo=True)
 
 
 @dataclass
 class DensifyConfig:
-    """Adaptive density control; defaults are LODS-3DGS's (refine_start 300, refine_stop 1000, every 100: gsplat
-    refines at steps 400, 500, ..., 900)."""
+    """Adaptive density control (``splats/densify.py``); its window as fractions of run.steps. Defaults are
+    LODS-3DGS's over its 2,500 steps (gsplat refine_start 300, refine_stop 1000, every 100: refines at steps 400,
+    500, ..., 900): start 0.12, every 0.04, stop 0.36. Refines fall on start + k·every (k >= 1) up to stop."""
 
     enabled: bool = True
-    refine_start: int = 300  # first refine at the first multiple of refine_every after this step
-    refine_stop: int = 1000  # no statistics, refines or resets from this step on
-    refine_every: int = 100
-    grow_grad2d: float = 2e-4  # mean screen-space gradient (NDC units) above which a Gaussian clones/splits
+    start: float = fraction(0.12)  # statistics from here; the first refine one period later
+    stop: float = fraction(0.36)  # the last refine at or before here; nothing after it
+    every: float = bounded(0.04, 0, 1, open_lo=True)  # refine period
+    grow_grad2d: float = bounded(2e-4, 0, 1e6)  # mean screen-space gradient (NDC) above which a Gaussian grows
     # > 0: instead of grow_grad2d, grow the Gaussians above this quantile of the mean screen-space gradient
     # at each refine. Scale-free: LODS divides the gradient by ω, so a fixed threshold means another thing
     # per method and guidance scale (GaussianDreamer's 2e-4 assumes SDS's scale and summed view gradients).
-    grow_quantile: float = 0.0
-    grow_scale3d: float = 0.003  # × scene_scale: clone below, split above (3DGS percent_dense)
-    prune_opa: float = 0.005  # prune below this opacity
-    prune_scale3d: float = 0.1  # × scene_scale: prune larger Gaussians (from the first refine on)
-    scene_scale: float = 3.5  # LODS-3DGS camera extent
-    reset_every: int = 0  # opacity reset period in steps (0 = never, as LODS-3DGS), to 2 × prune_opa
-    max_gaussians: int = 200_000  # stop growing (pruning goes on) at this many Gaussians: a CPU memory guard
+    grow_quantile: float = bounded(0.0, 0, 1)
+    grow_scale3d: float = bounded(0.003, 0, 1e3)  # × scene_scale: clone below, split above (3DGS percent_dense)
+    prune_opa: float = bounded(0.005, 0, 1)  # prune below this opacity
+    prune_scale3d: float = bounded(0.1, 0, 1e3, open_lo=True)  # × scene_scale: prune larger Gaussians
+    scene_scale: float = bounded(3.5, 0, 1e6, open_lo=True)  # LODS-3DGS camera extent
+    reset_every: float = fraction(0.0)  # opacity reset period (0 = never, as LODS-3DGS), to 2 × prune_opa
+    max_gaussians: int = bounded(200_000, 1, 100_000_000)  # stop growing (pruning goes on): a memory guard
 
 
 @dataclass
 class RenderConfig:
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    random_background: float = 0.0  # probability of a random flat background per step (0 = off)
+    random_background: float = bounded(0.0, 0, 1)  # probability of a random flat background per step (0 = off)
 
 
 @dataclass
 class MeshConfig:
     """Mesh export settings (``lodsgs export --format glb``, ``run.mesh=true``)."""
 
-    resolution: int = 128  # grid cells along the longest side of the splats' bounds (a cell is ~1 % of it)
-    threshold: float = 0.5  # density level of the surface: half of one opaque Gaussian's peak
-    faces: int = 30000  # decimate to about this many faces (0 = keep marching cubes' own: 80k-170k at 128)
-    min_component: float = 0.05  # drop pieces with fewer faces than this share of the largest piece
-    views: int = 6  # colour views per elevation ring (two rings, plus top and bottom): 14 renders
-    view_size: int = 96  # pixel size of the colour views (8 a ring at 128 px scored the same on the 30 truths)
+    resolution: int = bounded(128, 8, 1024)  # grid cells along the longest side of the splats' bounds
+    threshold: float = bounded(0.5, 0, 1e3, open_lo=True)  # density level of the surface: half an opaque peak
+    faces: int = bounded(30000, 0, 10_000_000)  # decimate to about this many faces (0 = keep marching cubes')
+    min_component: float = bounded(0.05, 0, 1)  # drop pieces with fewer faces than this share of the largest
+    views: int = bounded(6, 1, 360)  # colour views per elevation ring (two rings, plus top and bottom): 14 renders
+    view_size: int = bounded(96, 16, 4096)  # pixel size of the colour views
 
 
 def need_mesh_libraries(decimate: bool = False) -> None:
@@ -183,18 +208,31 @@ class ImageConfig:
 
     path: str = ""  # RGBA PNG (alpha = mask) or RGB on a uniform background; empty: text only
     recenter: bool = True  # crop to the object, scale its longer side to (1 - border) of the frame, centre it
-    border: float = 0.2  # share of the frame left around the object when recentring (DreamGaussian's border_ratio)
-    elevation: float = 0.0  # the reference camera's elevation in degrees (set it for photos taken from above)
+    border: float = bounded(0.2, 0, 1)  # share of the frame left around the object (DreamGaussian's border_ratio)
+    elevation: float = bounded(0.0, -89, 89)  # the reference camera's elevation in degrees (photos from above)
     radius: float | None = None  # the reference camera's distance; None: camera.eval_radius
     fovy: float | None = None  # its vertical field of view in degrees; None: camera.eval_fovy
     # weights on the reference view's RGB MSE and on the MSE of its alpha against the mask: a tenth of
     # DreamGaussian's 1e4 / 1e3 (preset image_lods keeps those). Measured on the shapes prior (ω 3, LODS ÷ω): at
     # 1e4 / 1e3 the reference's gradient on the means is ~40× the prior's, so under Adam the prior shapes only
     # what the reference cannot see; at 1e3 / 1e2 ~4× (docs/image-to-3d.md)
-    rgb_weight: float = 1.0e3
-    mask_weight: float = 1.0e2
-    ramp_steps: int = 0  # both weights grow linearly from 0 over this many steps (0 = full from the start)
-    prior_weight: float = 1.0  # weight on the prior's (LODS / SDS) loss in an image run; 0: the reference alone
+    rgb_weight: float = bounded(1.0e3, 0, 1e9)
+    mask_weight: float = bounded(1.0e2, 0, 1e9)
+    ramp: float = fraction(0.0)  # both weights grow linearly from 0 over this share of the run (0 = full at once)
+    prior_weight: float = bounded(1.0, 0, 1e6)  # weight on the prior's (LODS / SDS) loss; 0: the reference alone
+
+
+@dataclass
+class CanvasConfig:
+    """2D runs (``lodsgs image`` / ``lodsgs edit``): images optimized directly, as in the official LODS 2D
+    playgrounds (yangxiaofeng/LODS 2dplayground_embedding.py). They also read run.steps, run.seed, run.log_every
+    and the guidance section (t_max falls linearly to max_step_percent_after over the whole run)."""
+
+    particles: int = bounded(4, 1, 256)  # images optimized together (edit: copies of the source)
+    batch: int = bounded(4, 1, 256)  # particles per step, drawn without replacement (at most particles)
+    lr: float = bounded(3e-2, 0, 100, open_lo=True)  # Adam on the pixel logits / the latent (the playgrounds')
+    alpha_from_source: bool = True  # LODS editing: α starts at the source caption's embedding
+    snapshots: int = bounded(8, 1, 100)  # columns of the progress strip
 
 
 @dataclass
@@ -209,6 +247,7 @@ class Config:
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
 
 # --- loading and overriding -------------------------------------------------------------------
@@ -217,35 +256,60 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then a preset name or YAML file, then ``section.key=value`` overrides, all validated."""
-    cfg = Config()
-    source = preset_or_path or DEFAULT_PRESET
-    path = Path(source)
-    if not path.suffix:
-        path = PRESET_DIR / f"{source}.yaml"
-        if not path.exists():
-            raise LodsgsError(f"unknown preset {source!r}; available presets: {', '.join(presets())}")
-    elif not path.exists():
-        raise LodsgsError(f"config file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LodsgsError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
-    resolved = data.pop("resolved", False) is True  # a run's saved config: its prior's profile is already in it
-    merge(cfg, data, where=str(path))
+def load_config(config: str | None = None, overrides: list | None = None, default: str = DEFAULT_PRESET,
+                profile: bool = True) -> Config:
+    """The settings of a run, in layers, each checked: the dataclass defaults; a preset (``config`` when it names
+    one, else ``default``); the prior's profile (its folder's ``lodsgs.yaml``, when ``profile``); the user's own
+    YAML file (``config`` when it is a path); then ``section.key=value`` overrides. What the user wrote (the
+    file, the overrides) comes after what the prior recommends. A run's saved config.yaml is marked ``resolved``:
+    it already holds its profile, so none is applied over it again."""
+    is_file = config is not None and Path(config).suffix != ""
+    preset = read_yaml(preset_path(default if config is None or is_file else config))
+    user = read_yaml(Path(config)) if is_file else None
     trees = [literal_override(*item) if isinstance(item, tuple) else parse_override(item) for item in overrides or []]
-    for tree in trees:
-        merge(cfg, tree, where="--set")
-    profile = None if resolved else prior_profile(cfg.prior.model)
-    if profile is not None:  # the prior's own recommended settings, then the explicit overrides again
-        merge(cfg, yaml.safe_load(profile.read_text()) or {}, where=str(profile))
-        for tree in trees:
-            merge(cfg, tree, where="--set")
+    layers = [preset, *([user] if user else []), *((t, "--set") for t in trees)]
+    resolved = user is not None and user[0].pop("resolved", False) is True
+    found = prior_profile(merged(layers).prior.model) if profile and not resolved else None
+    if found is not None:
+        layers.insert(1, (read_yaml(found)[0], str(found)))
+    cfg = merged(layers)
     validate(cfg)
     return cfg
+
+
+def merged(layers: list[tuple[dict, str]]) -> Config:
+    """The dataclass defaults with each (data, where) layer written over them in turn."""
+    cfg = Config()
+    for data, where in layers:
+        merge(cfg, data, where=where)
+    return cfg
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise LodsgsError(f"unknown preset {name!r}; available presets: {', '.join(presets())} (or a .yaml file)")
+    return path
+
+
+def read_yaml(path: Path) -> tuple[dict, str]:
+    """A YAML file's mapping of sections and its path (for error lines), refused in one line if it is missing,
+    unreadable, not YAML (a binary file included) or not a mapping. safe_load: a python tag runs nothing."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise LodsgsError(f"config file {str(path)!r} {what}; give a preset name or a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise LodsgsError(f"config file {str(path)!r} is not text (a binary file?); give a YAML file") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LodsgsError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    except OSError as e:
+        raise LodsgsError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise LodsgsError(f"config file {str(path)!r} must hold a mapping of sections")
+    return data, str(path)
 
 
 def literal_override(key: str, value: Any) -> dict[str, Any]:
@@ -272,17 +336,6 @@ def parse_override(item: str) -> dict[str, Any]:
     for s in reversed(sections):
         tree = {s: tree}
     return tree
-
-
-def prior_profile(model: str) -> Path | None:
-    """A local prior folder may ship ``lodsgs.yaml``: the cameras, resolution and budget it was made for."""
-    from lodsgs.prior.hub import resolve_model  # torch-free: reading a config imports no torch
-
-    try:
-        path = Path(resolve_model(model)) / "lodsgs.yaml"
-    except LodsgsError:
-        return None
-    return path if path.is_file() else None
 
 
 def merge(obj: Any, data: dict, where: str, prefix: str = "") -> None:
@@ -335,11 +388,13 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-7" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise LodsgsError(bad + "a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LodsgsError(bad + "a number")
+        if not math.isfinite(value):  # .nan and .inf are YAML floats: they would pass every range check
+            raise LodsgsError(bad + "a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -350,49 +405,14 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 # --- ranges ---------------------------------------------------------------------------------------
 
-# (dotted key, lowest allowed, highest allowed, whether the lowest is excluded); None = unbounded
-RANGES: list[tuple[str, float | None, float | None, bool]] = [
-    ("run.steps", 1, None, False), ("run.batch", 1, None, False), ("run.checkpoint_every", 1, None, False),
-    ("run.log_every", 0, None, False), ("run.preview_every", 0, None, False), ("run.view_every", 1, None, False),
-    ("run.turntable_frames", 1, None, False), ("run.turntable_size", 8, None, False),
-    ("guidance.guidance_scale", 0, None, True), ("guidance.min_step_percent", 0, 1, False),
-    ("guidance.max_step_percent", 0, 1, False), ("guidance.max_step_percent_after", 0, 1, False),
-    ("guidance.anneal_after_step", 0, None, False), ("guidance.embedding_lr", 0, None, False),
-    ("guidance.lora_lr", 0, None, False), ("guidance.lora_rank", 1, None, False),
-    ("guidance.lora_scale", 0, None, False), ("guidance.prior_loss_weight", 0, None, False),
-    ("camera.width", 8, None, False), ("camera.height", 8, None, False), ("camera.eval_radius", 0, None, True),
-    ("camera.eval_fovy", 0, 180, True), ("camera.jitter", 0, None, False),
-    ("render.random_background", 0, 1, False),
-    ("init.num", 1, None, False), ("init.radius", 0, None, True), ("init.opacity", 0, 1, True),
-    ("init.sh_degree", 0, 3, False), ("init.sample_scale", 0, None, False),
-    ("init.samples", 1, None, False),
-    *((f"optim.{k}", 0, None, False) for k in ("means", "means_final", "scales", "quats", "opacities", "sh0", "shN")),
-    ("optim.others_final", 0, 1, True), ("optim.opaque", 0, None, False),
-    ("densify.refine_every", 1, None, False), ("densify.refine_start", 0, None, False),
-    ("densify.refine_stop", 0, None, False), ("densify.grow_grad2d", 0, None, False),
-    ("densify.grow_quantile", 0, 1, False), ("densify.grow_scale3d", 0, None, False),
-    ("densify.prune_opa", 0, 1, False), ("densify.prune_scale3d", 0, None, True),
-    ("mesh.resolution", 8, 1024, False), ("mesh.threshold", 0, None, True), ("mesh.faces", 0, None, False),
-    ("mesh.min_component", 0, 1, False), ("mesh.views", 1, None, False), ("mesh.view_size", 16, None, False),
-    ("densify.scene_scale", 0, None, True), ("densify.reset_every", 0, None, False),
-    ("densify.max_gaussians", 1, None, False),
-    ("image.border", 0, 1, False), ("image.rgb_weight", 0, None, False), ("image.mask_weight", 0, None, False),
-    ("image.ramp_steps", 0, None, False),
-    ("image.prior_weight", 0, None, False), ("image.elevation", -89, 89, False),
-]
-
-
 def validate(cfg: Config) -> None:
-    """Check every numeric setting's range (and the few that depend on each other) in one-line errors, so a
-    bad value fails at load time and not after a run (or with a traceback)."""
-    for key, lo, hi, open_lo in RANGES:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if (lo is not None and (value <= lo if open_lo else value < lo)) or (hi is not None and value > hi):
-            want = " and ".join(w for w in (
-                None if lo is None else (f"> {lo}" if open_lo else f">= {lo}"),
-                None if hi is None else f"<= {hi}") if w)
-            raise LodsgsError(f"bad value {value!r} for {key!r}: must be {want}")
+    """Check every bounded field's range (its metadata) and the few settings that depend on each other, in
+    one-line errors, so a bad value fails at load time and not after a run (or with a traceback)."""
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            if "range" in f.metadata:
+                check_range(f"{section.name}.{f.name}", getattr(part, f.name), *f.metadata["range"])
     g = cfg.guidance
     if not g.min_step_percent < g.max_step_percent:
         raise LodsgsError(f"guidance.min_step_percent ({g.min_step_percent}) must be below guidance.max_step_percent "
@@ -409,21 +429,40 @@ def validate(cfg: Config) -> None:
         raise LodsgsError("camera.radius must be > 0 and camera.fovy within (0, 180) degrees")
     if cfg.init.color is not None and not all(0 <= v <= 1 for v in cfg.init.color):
         raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
+    if cfg.canvas.batch > cfg.canvas.particles:
+        cfg.canvas.batch = cfg.canvas.particles  # fewer particles than the preset's batch: all of them each step
+    d = cfg.densify
+    if d.stop < d.start:
+        raise LodsgsError(f"densify.stop ({d.stop}) must not be before densify.start ({d.start}); both are "
+                          "fractions of run.steps")
     i = cfg.image
     if (i.radius is not None and i.radius <= 0) or (i.fovy is not None and not 0 < i.fovy < 180):
         raise LodsgsError("image.radius must be > 0 and image.fovy in (0, 180) degrees (or null: the eval camera's)")
     if cfg.init.kind == "image" and not i.path:
         raise LodsgsError("init.kind is 'image' but no reference image was given; pass --image ref.png")
+    if cfg.guidance.method == "dds":
+        raise LodsgsError("guidance.method 'dds' edits an image (`lodsgs edit`); for generation use sds, "
+                          "lods-embedding or lods-lora")
     if not all(0 <= v <= 1 for v in cfg.render.background):
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
     if cfg.run.mesh:  # at load time, not after the run
         need_mesh_libraries(decimate=cfg.mesh.faces > 0)
 
 
+def check_range(key: str, value: float, lo: float | None, hi: float | None, open_lo: bool) -> None:
+    """One line when ``value`` lies outside [lo, hi] ((lo, hi] when ``open_lo``)."""
+    if (lo is not None and (value <= lo if open_lo else value < lo)) or (hi is not None and value > hi):
+        want = " and ".join(w for w in (
+            None if lo is None else (f"> {lo}" if open_lo else f">= {lo}"),
+            None if hi is None else f"<= {hi}") if w)
+        raise LodsgsError(f"bad value {value!r} for {key!r}: must be {want}")
+
+
 # Settings that change what a run produces: everything but these (how often it logs, where it runs, how its
 # turntable is drawn). Their hash names a result, so batch and eval can tell a stale result from a current one.
 NOT_IN_HASH = {"run": {"device", "checkpoint_every", "log_every", "preview_every", "turntable_frames",
-                       "turntable_size", "spz", "keep_checkpoints", "view_every", "mesh"}, "mesh": None}  # None: all
+                       "turntable_size", "spz", "keep_checkpoints", "view_every", "mesh"},
+              "mesh": None, "canvas": None}  # None: the whole section
 
 
 def image_digest(path: str) -> str:

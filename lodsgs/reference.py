@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lodsgs.cameras import Cameras, orbit_cameras
-from lodsgs.config import Config, ImageConfig
+from lodsgs.config import Config, ImageConfig, at_step
 from lodsgs.errors import LodsgsError
 
 KEY_SPREAD = 0.04  # the frame's outer ring counts as a uniform background if no channel strays further
@@ -149,15 +149,19 @@ def append_camera(cams: Cameras, extra: Cameras) -> Cameras:
                    torch.cat([cams.azimuth, extra.azimuth]))
 
 
-def ramp(c: ImageConfig, step: int) -> float:
-    """The weights' share at this step: linear from 1/ramp_steps to 1 (DreamGaussian's warm-up), 1 when off."""
-    return min((step + 1) / c.ramp_steps, 1.0) if c.ramp_steps > 0 else 1.0
+def ramp(c: ImageConfig, step: int, steps: int) -> float:
+    """The weights' share at this step: linear from 1/n to 1 over the first n = ramp·steps steps (DreamGaussian's
+    warm-up), 1 when off."""
+    n = at_step(c.ramp, steps)
+    return min((step + 1) / n, 1.0) if n > 0 else 1.0
 
 
-def reference_loss(c: ImageConfig, rgb: Tensor, alpha: Tensor, ref: Reference, step: int) -> tuple[Tensor, dict]:
-    """rgb_weight·MSE(rgb, ref.rgb) + mask_weight·MSE(alpha, ref.mask), ramped; rgb [H,W,3], alpha [H,W]."""
+def reference_loss(c: ImageConfig, rgb: Tensor, alpha: Tensor, ref: Reference, step: int,
+                   steps: int) -> tuple[Tensor, dict]:
+    """rgb_weight·MSE(rgb, ref.rgb) + mask_weight·MSE(alpha, ref.mask), ramped over the run's ``steps``; rgb
+    [H,W,3], alpha [H,W]."""
     rgb_mse = F.mse_loss(rgb, ref.rgb)
     mask_mse = F.mse_loss(alpha, ref.mask)
-    r = ramp(c, step)
+    r = ramp(c, step, steps)
     loss = r * (c.rgb_weight * rgb_mse + c.mask_weight * mask_mse)
     return loss, {"ref_rgb_mse": rgb_mse, "ref_mask_mse": mask_mse}

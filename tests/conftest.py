@@ -16,8 +16,8 @@ from lodsgs.prior.tiny import build_tiny_prior  # noqa: E402
 
 # a run of a few steps at 32 px that still passes through checkpoints, densification and the annealing step
 TINY = ("run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_frames=4", "run.turntable_size=32",
-        "camera.width=32", "camera.height=32", "init.num=300", "densify.refine_start=2", "densify.refine_every=2",
-        "densify.refine_stop=5", "guidance.anneal_after_step=3")
+        "camera.width=32", "camera.height=32", "init.num=300", "densify.start=0.34", "densify.every=0.34",
+        "densify.stop=0.84", "guidance.anneal_at=0.5")  # 6 steps: refines at step 4, t_max drops after step 3
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def test_prior_loss_is_plain_eps_mse_over_all_timesteps(latent, method):
 
 
 def test_timestep_schedule_anneals(latent, monkeypatch):
-    guidance = Guidance(latent, GuidanceConfig(method="sds", anneal_after_step=500), "x")
+    guidance = Guidance(latent, GuidanceConfig(method="sds", anneal_at=0.2), "x", steps=2500)  # step 500
     assert guidance.t_range(0) == (20, 980) and guidance.t_range(500) == (20, 980)
     assert guidance.t_range(501) == (20, 550)
     real_add_noise, drawn = latent.add_noise, []
@@ -171,13 +171,13 @@ def test_timestep_schedule_anneals(latent, monkeypatch):
         assert len(t) == 40 and lo <= t.min() and t.max() <= hi, (step, t.min(), t.max())
         assert t.min() < lo + 0.1 * (hi - lo) and t.max() > hi - 0.1 * (hi - lo), (step, t.min(), t.max())
         assert means == pytest.approx([ts.float().mean().item() for ts in drawn])  # the logged t is their mean
-    guidance.cfg.anneal_after_step = 0  # never
+    guidance.anneal_step = 0  # never
     assert guidance.t_range(10_000) == (20, 980)
 
 
 def test_linear_schedule_ramps_t_max_to_its_end_value(latent):
-    cfg = GuidanceConfig(method="sds", anneal="linear", anneal_after_step=400, max_step_percent_after=0.2)
-    guidance = Guidance(latent, cfg, "x")
+    cfg = GuidanceConfig(method="sds", anneal="linear", anneal_at=0.5, max_step_percent_after=0.2)
+    guidance = Guidance(latent, cfg, "x", steps=800)  # reaches its end at step 400
     highs = [guidance.t_range(step)[1] for step in (0, 100, 200, 400, 800)]
     assert highs == [980, 785, 590, 200, 200] and guidance.t_range(0)[0] == 20
     guidance.cfg.max_step_percent_after = 0.0  # never below t_min

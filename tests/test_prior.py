@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from lodsgs.errors import LodsgsError
-from lodsgs.prior import hub
+from lodsgs import names
 from lodsgs.prior.diffusion import DEFAULT_MODEL, DiffusionPrior, resolve_model
 
 
@@ -121,7 +121,7 @@ def test_resolve_model(monkeypatch, tmp_path):
     assert resolve_model("sd15") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert resolve_model("/some/folder") == "/some/folder"
     assert resolve_model("owner/model") == "owner/model"
-    monkeypatch.setattr(hub, "SHAPES_DIR", tmp_path / "absent")
+    monkeypatch.setattr(names, "SHAPES_DIR", tmp_path / "absent")
     with pytest.raises(LodsgsError, match="shapes prior weights are not installed"):
         resolve_model("shapes")
     (tmp_path / "absent" / "unet").mkdir(parents=True)

@@ -108,7 +108,7 @@ def test_reference_loss_alone_reproduces_the_reference_view(tmp_path):
     cam, bg = reference_camera(cfg), torch.tensor(cfg.render.background)
     for step in range(300):
         out = render(splats, cam, background=bg)
-        loss, _ = reference_loss(cfg.image, out.rgb[0], out.alpha[0, ..., 0], ref, step)
+        loss, _ = reference_loss(cfg.image, out.rgb[0], out.alpha[0, ..., 0], ref, step, 300)
         for o in optimizers.values():
             o.zero_grad()
         loss.backward()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lodsgs.config import GuidanceConfig
+from lodsgs.config import GuidanceConfig, at_step
 from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.fused import guidance_loss
@@ -49,7 +49,7 @@ class Guidance(nn.Module):
     ``state_dict()``, which holds only α / ψ and the generator state (so a resumed run draws the same t, ε).
     """
 
-    def __init__(self, prior: DiffusionPrior, cfg: GuidanceConfig, prompt: str, seed: int = 0):
+    def __init__(self, prior: DiffusionPrior, cfg: GuidanceConfig, prompt: str, seed: int = 0, steps: int = 0):
         super().__init__()
         if cfg.method not in METHODS:
             raise LodsgsError(f"unknown guidance method {cfg.method!r}; valid: {', '.join(METHODS)}")
@@ -57,6 +57,7 @@ class Guidance(nn.Module):
             raise LodsgsError(f"guidance_scale must be > 0, got {cfg.guidance_scale}")
         self.prior, self.cfg, self.prompt = prior, cfg, prompt
         self.generator = torch.Generator(device=prior.device).manual_seed(seed)
+        self.anneal_step = at_step(cfg.anneal_at, steps)  # the run's length (0: no anneal) turns the fraction into a step
         self.negative = prior.encode_text(cfg.negative_prompt)  # [1, tokens, width]
         self.register_parameter("embedding", None)
         self.lora: list[nn.Parameter] = []
@@ -104,14 +105,14 @@ class Guidance(nn.Module):
 
     # --- one step ------------------------------------------------------------------------------------
     def t_range(self, step: int) -> tuple[int, int]:
-        """[t_min, t_max] (inclusive) at this step. ``step``: t_max drops after ``anneal_after_step``;
+        """[t_min, t_max] (inclusive) at this step. ``step``: t_max drops after ``anneal_at`` of the run;
         ``linear``: t_max moves linearly from max_step_percent at step 0 to max_step_percent_after there."""
-        c, T = self.cfg, self.prior.num_timesteps
-        if c.anneal == "linear" and c.anneal_after_step > 0:
-            frac = min(step / c.anneal_after_step, 1.0)
+        c, T, at = self.cfg, self.prior.num_timesteps, self.anneal_step
+        if c.anneal == "linear" and at > 0:
+            frac = min(step / at, 1.0)
             hi = c.max_step_percent + frac * (c.max_step_percent_after - c.max_step_percent)
         else:
-            late = 0 < c.anneal_after_step < step
+            late = 0 < at < step
             hi = c.max_step_percent_after if late else c.max_step_percent
         return round(c.min_step_percent * T), max(round(hi * T), round(c.min_step_percent * T))
 

