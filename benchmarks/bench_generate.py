@@ -7,7 +7,7 @@ import time
 
 import torch
 
-import lodsgs.generate as gen
+import lodsgs.trainer as gen
 from lodsgs.config import load_config
 
 

@@ -13,7 +13,7 @@ import torch
 
 from lodsgs.batch import run_batch
 from lodsgs.config import load_config
-from lodsgs.generate import load_prior
+from lodsgs.trainer import load_prior
 
 PROMPTS = ["a red cube", "a blue torus", "a green cone", "a yellow sphere"]
 
@@ -27,9 +27,9 @@ def run(quick: bool = False) -> list[str]:
 
     @ray.remote(num_cpus=1, max_calls=1)
     def one_task(prompt: str, cfg, out: str) -> None:  # the design not taken: prior loaded per prompt
-        from lodsgs.generate import generate
+        from lodsgs import api
 
-        generate(prompt, cfg, Path(out), quiet=True, prior=load_prior(cfg, torch.device("cpu")))
+        api.run(prompt, cfg, Path(out), quiet=True, prior=load_prior(cfg, torch.device("cpu")))
 
     steps = 40 if quick else 100
     cfg = load_config(None, ["prior.model=shapes", f"run.steps={steps}", "run.turntable_frames=12"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-import lodsgs.generate as gen
+import lodsgs.trainer as gen
 from lodsgs.config import load_config
 from lodsgs.splats.io import write_ply
 from lodsgs.splats.spz import write_spz

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from lodsgs import api
 from lodsgs.config import load_config
-from lodsgs.generate import generate, load_prior
+from lodsgs.trainer import load_prior
 from lodsgs.view import LiveView, Viewer
 
 
@@ -52,8 +53,8 @@ def run(quick: bool = False) -> list[str]:
     rates: dict[str, list[float]] = {"off": [], "view": [], "browser": []}
     with tempfile.TemporaryDirectory() as tmp:
         def one(mode: str, view: LiveView | None) -> None:
-            run_dir = generate("a red cube", cfg, Path(tmp) / f"{mode}{len(rates[mode])}", quiet=True,
-                               prior=prior, on_step=view)
+            run_dir = api.run("a red cube", cfg, Path(tmp) / f"{mode}{len(rates[mode])}", quiet=True,
+                               prior=prior, on_step=view).run_dir
             rates[mode].append(json.loads((run_dir / "metrics.json").read_text())["steps_per_second"])
 
         viewer = Viewer("127.0.0.1", _port(), cfg.camera)

@@ -75,7 +75,8 @@ def kernel_check(device: torch.device, reps: int = 200) -> dict:
 
 def resume_check(device: torch.device) -> dict:
     """A tiny-prior run interrupted by a real SIGINT at step 4 and resumed equals the uninterrupted run."""
-    import lodsgs.generate as gen
+    import lodsgs.trainer as gen
+    from lodsgs import api
     from lodsgs.config import load_config
     from lodsgs.errors import LodsgsError
     from lodsgs.prior.tiny import build_tiny_prior
@@ -87,7 +88,7 @@ def resume_check(device: torch.device) -> dict:
                                    "run.batch=2", "camera.width=32", "camera.height=32", "init.num=300",
                                    "densify.start=0.25", "densify.every=0.25", "densify.stop=0.875",
                                    "run.turntable_frames=2", "run.turntable_size=16"])
-        full = gen.generate("a red cube", cfg, Path(d) / "full", quiet=True)
+        full = api.run("a red cube", cfg, Path(d) / "full", quiet=True).run_dir
         real = gen.train_step
 
         def interrupted_step(cfg, s, dev):
@@ -97,12 +98,12 @@ def resume_check(device: torch.device) -> dict:
             return logs
         gen.train_step = interrupted_step
         try:
-            gen.generate("a red cube", cfg, Path(d) / "cut", quiet=True)
+            api.run("a red cube", cfg, Path(d) / "cut", quiet=True)
         except LodsgsError:  # Interrupted, after the checkpoint
             pass
         finally:
             gen.train_step = real
-        resumed = gen.generate("a red cube", cfg, Path(d) / "cut", quiet=True, resume=True)
+        resumed = api.run("a red cube", cfg, Path(d) / "cut", quiet=True, resume=True).run_dir
         a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
         diffs = {k: max_abs_diff(a.params[k], b.params[k]) for k in a.params}
         return {"device": device.type, "equal": all(v == 0.0 for v in diffs.values()), "max_abs_diff": diffs}

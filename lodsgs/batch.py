@@ -15,14 +15,14 @@ from lodsgs.config import Config
 from lodsgs.errors import LodsgsError
 
 if TYPE_CHECKING:
-    from lodsgs.generate import StepReport
+    from lodsgs.trainer import StepReport
 
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts one per line (or ``ref.png<TAB>prompt`` for image-to-3D); blank lines and ``#`` comments skipped;
     duplicates kept once, in order."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise LodsgsError(f"cannot read prompt list {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
     seen: dict[str, None] = {}
@@ -30,7 +30,26 @@ def read_prompts(path: Path) -> list[str]:
         text = line.strip()
         if text and not text.startswith("#"):
             seen.setdefault(text, None)
+    if not seen:
+        raise LodsgsError(f"prompt list {str(path)!r} holds no prompt (only blank lines and # comments); write "
+                          "one prompt per line")
     return list(seen)
+
+
+def run_list(prompts: Path, cfg: Config, out: Path, shard_spec: str = "0/1", ray: str | None = None,
+             gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 2, quiet: bool = True,
+             log=print, on_step: Callable[[StepReport], None] | None = None, view: bool = False) -> BatchResult:
+    """``lodsgs batch``: this shard of the prompt list, in this process or spread over Ray."""
+    i, n = parse_shard(shard_spec)
+    todo = shard(read_prompts(prompts), i, n)
+    if ray is None:
+        return run_batch(todo, cfg, out, quiet=quiet, log=log, on_step=on_step)
+    if view:
+        raise LodsgsError("--view shows one process's run; it does not combine with --ray")
+    if cpus_per_run < 0 or (gpus_per_run or 0) < 0 or max_retries < 0:
+        raise LodsgsError("--cpus-per-run, --gpus-per-run and --max-retries must be >= 0")
+    from lodsgs.ray_batch import run_batch_ray
+    return run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=log, progress=not quiet)
 
 
 def split_entry(entry: str, cfg: Config) -> tuple[str, Config]:
@@ -103,9 +122,10 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
               on_step: Callable[[StepReport], None] | None = None) -> BatchResult:
     """Generate every prompt not already done with these settings; one failure (even OOM) is recorded and the
     rest go on. A prompt done with other settings (another config hash) is generated again. ``on_step`` is passed
-    to every prompt's generate() (the CLI's live view)."""
+    to every prompt's run (the CLI's live view)."""
+    from lodsgs.api import run_or_resume
     from lodsgs.config import config_hash
-    from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
+    from lodsgs.trainer import Interrupted, load_prior, resolve_device
 
     if out.exists() and not out.is_dir():
         raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the batch")
@@ -129,10 +149,7 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
         try:
             text, run_cfg = split_entry(prompt, cfg)
-            # resume an interrupted run of these settings
-            resume = resumable(out / run_name(text, run_cfg.run.seed, run_cfg.image.path), run_cfg)
-            run_dir = generate(text, run_cfg, out, resume=resume, overwrite=True, quiet=quiet, prior=prior,
-                               on_step=on_step)
+            run_dir, _ = run_or_resume(text, run_cfg, out, quiet=quiet, prior=prior, on_step=on_step)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1
         except (KeyboardInterrupt, Interrupted):  # the user stopped the whole batch: rerun resumes it

@@ -2,41 +2,57 @@
 
 from __future__ import annotations
 
+import enum
 import functools
-import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lodsgs.errors import LodsgsError
+try:  # typer 0.2x carries its own copy of click; older typer uses click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+from lodsgs.errors import Interrupted, LodsgsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Text-to-3D Gaussian splatting under a diffusion prior with LODS.")
 prior_app = typer.Typer(no_args_is_help=True, help="Diffusion priors: list them, train the offline shapes prior.")
 app.add_typer(prior_app, name="prior")
 
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Preset name or YAML file.")]
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Preset name (see docs/configuration.md) or "
+                                                                     "your own YAML file (applied over the prior's "
+                                                                     "profile).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
 PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior: sd21 (the default), sd15, shapes (offline), "
                                                                "a hub id or a folder.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Parent folder for run folders.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (run.seed).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimization steps (run.steps).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (run.device).")]
+RunsOpt = Annotated[Path, typer.Option("--out", "-o", help="Where the run folders are written (a parent folder).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (run.seed).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimization steps (run.steps); the "
+                                                                     "schedules keep their shape.")]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help="Where to run (run.device).", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")]
 ViewOpt = Annotated[bool, typer.Option("--view", help="Watch it in the browser: serve a viewer and push the "
                                                      "splats every run.view_every steps.")]
-PortOpt = Annotated[int, typer.Option("--port", help="Viewer port (the next free one if taken).")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Viewer port (the next free one if taken).")]
 HostOpt = Annotated[str, typer.Option("--host", help="Viewer address; 0.0.0.0 to reach it from other machines.")]
 
 
 def friendly(fn):
-    """Turn LodsgsError into a one-line message and exit code 2; Ctrl-C into exit code 130."""
+    """Turn LodsgsError into a one-line message and exit code 2; Ctrl-C into exit code 130. Imports nothing
+    heavy: an error path prints its line without loading torch."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from lodsgs.generate import Interrupted
         try:
             return fn(*args, **kwargs)
         except Interrupted as e:
@@ -54,23 +70,12 @@ def friendly(fn):
     return wrapper
 
 
-def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None, image=None):
-    """Preset, then the prior's recommended settings, then explicit options and --set."""
+def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None, image=None, **kwargs):
+    """The shortcuts (--prior, --seed, --steps, --device, --init, --image), then --set, through load_config."""
+    from lodsgs.api import settings_overrides
     from lodsgs.config import load_config
-    overrides: list = []
-    if prior:  # names and paths are taken literally (a folder may hold '#', '[' or ':'), not parsed as YAML
-        overrides.append(("prior.model", prior))
-    if seed is not None:
-        overrides.append(f"run.seed={seed}")
-    if steps is not None:
-        overrides.append(f"run.steps={steps}")
-    if device is not None:
-        overrides.append(f"run.device={device}")
-    if init is not None:
-        overrides += ["init.kind=ply", ("init.path", str(init))]
-    if image is not None:  # image-to-3D; the reference lifted is the start unless --init or --set init.kind says
-        overrides += [("image.path", str(image))] + ([] if init is not None else ["init.kind=image"])
-    return load_config(config, overrides + list(sets or []))
+    items = settings_overrides(prior, steps, seed, device.value if device else None, image, init)
+    return load_config(config, items + list(sets or []), **kwargs)
 
 
 @app.command(epilog="""**Examples**
@@ -89,7 +94,7 @@ def generate(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     prior: PriorOpt = None,
-    out: OutOpt = Path("runs"),
+    out: RunsOpt = Path("runs"),
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     device: DeviceOpt = None,
@@ -97,19 +102,19 @@ def generate(
     image: Annotated[Path | None, typer.Option("--image", help="Image-to-3D: a reference picture (RGBA PNG, or RGB "
                                                "on a plain background) seen from the front.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
     view: ViewOpt = False,
     port: PortOpt = 8080,
     host: HostOpt = "127.0.0.1",
 ) -> None:
     """Optimize Gaussian splats for PROMPT and write splats.ply, .splat, .spz, turntable and metrics."""
-    from lodsgs.generate import generate as run
     cfg = build_config(config, sets, prior, seed, steps, device, init, image)
+    from lodsgs.api import run
     live = _live_view(cfg, host, port) if view else None
     try:
-        run_dir = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, on_step=live)
-        typer.echo(f"wrote {run_dir}")
+        result = run(prompt, cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, on_step=live)
+        typer.echo(f"wrote {result.run_dir}")
     except BaseException:
         if live:
             live.viewer.close()
@@ -139,16 +144,16 @@ def _live_view(cfg, host: str, port: int):
 @friendly
 def batch(
     prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line, # comments; a line "
-                                               "ref.png<TAB>prompt is image-to-3D.")],
+                                               "`ref.png<TAB>prompt` is image-to-3D.")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
     prior: PriorOpt = None,
-    out: OutOpt = Path("runs"),
+    out: RunsOpt = Path("runs"),
     shard: Annotated[str, typer.Option("--shard", help="Run only shard i of n, as i/n.")] = "0/1",
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     device: DeviceOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOpt = False,
     view: ViewOpt = False,
     port: PortOpt = 8080,
     host: HostOpt = "127.0.0.1",
@@ -162,53 +167,32 @@ def batch(
                                              "after its worker died (bad prompts are never retried).")] = 2,
 ) -> None:
     """Generate every prompt of a list; rerunning the same command skips finished prompts."""
-    from lodsgs import batch as b
     cfg = build_config(config, sets, prior, seed, steps, device)
-    i, n = b.parse_shard(shard)
-    todo = b.shard(b.read_prompts(prompts), i, n)
-    if ray is not None:
-        from lodsgs.ray_batch import run_batch_ray
-        if view:
-            raise LodsgsError("--view shows one process's run; it does not combine with --ray")
-        if cpus_per_run < 0 or (gpus_per_run or 0) < 0 or max_retries < 0:
-            raise LodsgsError("--cpus-per-run, --gpus-per-run and --max-retries must be >= 0")
-        result = run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=typer.echo,
-                               progress=not quiet)
-        typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
-                   f"(manifest: {out / 'manifest.jsonl'})")
-        raise typer.Exit(1 if result.failed else 0)
-    live = _live_view(cfg, host, port) if view else None
+    from lodsgs.batch import run_list
+    live = _live_view(cfg, host, port) if view and ray is None else None
     try:
-        result = b.run_batch(todo, cfg, out, quiet=quiet, log=typer.echo, on_step=live)
+        result = run_list(prompts, cfg, out, shard, ray, gpus_per_run, cpus_per_run, max_retries, quiet=quiet,
+                          log=typer.echo, on_step=live, view=view)
     finally:
         if live:
             live.viewer.close()
     typer.echo(f"done {result.done}, skipped {result.skipped}, failed {result.failed} "
                f"(manifest: {out / 'manifest.jsonl'})")
-    if result.failed:
-        raise typer.Exit(1)
+    raise typer.Exit(1 if result.failed else 0)
 
 
 @app.command(epilog="**Example**\n\n    lodsgs render runs/a-red-cube-1a2b3c4d --frames 60 --size 512")
 @friendly
 def render(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a .ply file).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder or a splat file (.ply, .splat, .spz).")],
     frames: Annotated[int, typer.Option(help="Turntable frames.")] = 36,
     size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .gif (default: in the run).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The .gif written (default: turntable.gif beside "
+                                             "the splats).")] = None,
 ) -> None:
-    """Render a turntable GIF (and MP4 if ffmpeg is installed) of a run or a .ply."""
-    from lodsgs.media import save_gif, save_mp4, turntable
-    if frames < 1 or size < 8:
-        raise LodsgsError(f"--frames must be >= 1 and --size >= 8 pixels; got --frames {frames} --size {size}")
-    if out is not None and out.suffix.lower() != ".gif":
-        raise LodsgsError(f"--out {str(out)!r} must end in .gif")
-    cfg, splats, folder = _load_run(run_dir)
-    gif = out or folder / "turntable.gif"
-    images = turntable(splats, cfg.camera, frames, size, cfg.render.background)
-    save_gif(images, gif)
-    save_mp4(images, gif.with_suffix(".mp4"))
-    typer.echo(f"wrote {gif}")
+    """Render a turntable GIF (and MP4 if ffmpeg is installed) of a run or a splat file."""
+    from lodsgs.media import render_turntable
+    typer.echo(f"wrote {render_turntable(run_dir, frames, size, out)}")
 
 
 @app.command(epilog="""**Examples**
@@ -227,72 +211,15 @@ def export(
     format: Annotated[str | None, typer.Option(
         "--format", "-f", help="splat, spz, ply or ply-sh3 (splats); glb, obj or mesh-ply (a mesh). Default: from "
                                "--out's extension, else splat.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The file written (default: beside the input, "
+                                             "with the format's extension).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="Mesh setting: mesh.key=value "
                                                    "(repeatable; see docs/mesh.md).")] = None,
 ) -> None:
     """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, a .ply with SH degree 3, or a
     vertex-coloured watertight mesh (.glb, .obj, .ply)."""
-    from lodsgs.splats.io import load_splats, write_ply, write_splat
-    from lodsgs.splats.mesh import MESH_FORMATS
-    from lodsgs.splats.spz import write_spz
-    writers = {"splat": (".splat", write_splat), "spz": (".spz", write_spz), "ply": (".ply", write_ply)}
-    fmt = format or export_format(out)
-    if fmt not in (*writers, "ply-sh3", *MESH_FORMATS):
-        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply or ply-sh3 (splats), glb, obj or "
-                          "mesh-ply (a mesh)")
-    suffix = {**{k: v[0] for k, v in writers.items()}, "ply-sh3": ".ply", **MESH_FORMATS}[fmt]
-    if out is not None and out.suffix.lower() != suffix:
-        raise LodsgsError(f"--out {str(out)!r} does not end in {suffix}, the --format {fmt} extension")
-    if sets and fmt not in MESH_FORMATS:
-        raise LodsgsError("--set applies to the mesh formats (glb, obj, mesh-ply) only")
-    cfg, file = (export_source(file, sets or []))
-    splats = load_splats(file)
-    if fmt in MESH_FORMATS:
-        from lodsgs.splats.mesh import splats_to_mesh, write_mesh
-        target = out or file.with_suffix(suffix)
-        if target.resolve() == file.resolve():
-            raise LodsgsError(f"{str(file)!r} is the splats; give --out for the mesh")
-        write_mesh(splats_to_mesh(splats, cfg.mesh), target, fmt)
-    elif fmt in writers:
-        suffix, write = writers[fmt]
-        target = out or file.with_suffix(suffix)
-        if target.resolve() == file.resolve():
-            raise LodsgsError(f"{str(file)!r} is already a {suffix} file; give --out for the copy")
-        write(splats, target)
-    else:
-        target = out or file.with_name(file.stem + "_sh3.ply")
-        write_ply(splats, target, sh_degree=3)
-    typer.echo(f"wrote {target}")
-
-
-def export_format(out: Path | None) -> str:
-    """The export format --out's extension names; .ply is splats or a mesh, so it needs --format."""
-    if out is None:
-        return "splat"
-    by_suffix = {".splat": "splat", ".spz": "spz", ".glb": "glb", ".obj": "obj"}
-    if out.suffix.lower() == ".ply":
-        raise LodsgsError(f"--out {str(out)!r}: a .ply holds splats or a mesh; give --format ply (splats) or "
-                          "--format mesh-ply")
-    if out.suffix.lower() not in by_suffix:
-        raise LodsgsError(f"--out {str(out)!r}: unknown extension {out.suffix or '(none)'!r}; use .splat, .spz, "
-                          ".ply, .glb or .obj, or give --format")
-    return by_suffix[out.suffix.lower()]
-
-
-def export_source(path: Path, sets: list[str]):
-    """The config (a run folder's own, else the defaults; then ``--set mesh.*``) and the splat file to export."""
-    from lodsgs.config import load_config
-    bad = [s for s in sets if not s.startswith("mesh.")]
-    if bad:
-        raise LodsgsError(f"--set takes mesh settings (mesh.key=value) only; got {bad[0]!r}")
-    if path.is_dir():
-        ply = path / "splats.ply"
-        if not ply.exists():
-            raise LodsgsError(f"{str(path)!r} has no splats.ply; is it a finished run folder?")
-        cfg_file = path / "config.yaml"
-        return load_config(str(cfg_file) if cfg_file.exists() else None, sets), ply
-    return load_config(None, sets), path
+    from lodsgs.export import export as convert
+    typer.echo(f"wrote {convert(file, format, out, sets)}")
 
 
 @app.command(epilog="""**Examples**
@@ -328,7 +255,6 @@ def info(
 ) -> None:
     """Summarize a run (prompt, method, steps, time, Gaussians; its log.jsonl if any), a splat file, or a mesh
     (vertices, faces, watertight, genus, bounds)."""
-    from lodsgs.splats.io import load_splats
     if system:
         from lodsgs.system import system_report
         for key, value in system_report().items():
@@ -337,36 +263,8 @@ def info(
             return
     if path is None:
         raise LodsgsError("give a run folder or a .ply, .splat or .spz file, or --system")
-    if path.is_dir():
-        metrics = path / "metrics.json"
-        if metrics.exists():
-            try:
-                typer.echo(json.dumps(json.loads(metrics.read_text()), indent=2))
-            except ValueError:
-                raise LodsgsError(f"{str(metrics)!r} is not valid JSON (a damaged run folder?); rerun the "
-                                  "run with --overwrite, or delete the file") from None
-        else:
-            ckpt = path / "checkpoints" / "last.pt"
-            state = "unfinished (resumable)" if ckpt.exists() else "empty"
-            typer.echo(f"{path}: no metrics.json; run is {state}")
-        log = path / "log.jsonl"
-        if log.exists():
-            from lodsgs.runlog import format_summary, summarize
-            typer.echo(format_summary(summarize(log)))
-        return
-    if is_mesh_file(path):
-        from lodsgs.splats.mesh import load_mesh, mesh_summary
-        m = mesh_summary(load_mesh(path))
-        genus = f", genus {m['genus']}" if m["genus"] is not None else ""
-        typer.echo(f"{path}: mesh, {m['vertices']} vertices, {m['faces']} faces, {m['pieces']} piece(s), "
-                   f"{'watertight' if m['watertight'] else 'not watertight'}, Euler number {m['euler']}{genus}, "
-                   f"{'vertex colours' if m['colours'] else 'no vertex colours'}, bounds {m['bounds'][0]} .. "
-                   f"{m['bounds'][1]} (y-up)")
-        return
-    splats = load_splats(path)
-    lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
-    typer.echo(f"{path}: {splats.num} Gaussians, SH degree {splats.sh_degree}, "
-               f"bounds {[round(v, 3) for v in lo]} .. {[round(v, 3) for v in hi]} (y-up)")
+    from lodsgs.summary import describe
+    typer.echo(describe(path))
 
 
 @app.command("plot-log", epilog="""**Example**
@@ -390,62 +288,25 @@ def plot_log(
     typer.echo(f"wrote {plot_logs({k: Path(v) for k, v in labelled.items()}, keys.split(','), out, window)}")
 
 
-def is_mesh_file(path: Path) -> bool:
-    """A .glb / .gltf / .obj, or a .ply with a face element (a splat .ply has vertices only)."""
-    suffix = path.suffix.lower()
-    if suffix in (".glb", ".gltf", ".obj"):
-        return True
-    if suffix != ".ply" or not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(4096).split(b"end_header")[0]
-    return b"element face" in head
-
-
-def _load_run(path: Path):
-    from lodsgs.config import Config, load_config
-    from lodsgs.splats.io import read_ply
-    if path.is_dir():
-        ply = path / "splats.ply"
-        cfg_file = path / "config.yaml"
-        cfg = load_config(str(cfg_file)) if cfg_file.exists() else Config()
-        if not ply.exists():
-            raise LodsgsError(f"{str(path)!r} has no splats.ply; is it a finished run folder?")
-        return cfg, read_ply(ply), path
-    return Config(), read_ply(path), path.parent
-
-
 @prior_app.command("list")
 @friendly
 def prior_list() -> None:
     """Named priors and whether their weights are here: shipped, in the Hugging Face cache, or to download."""
-    from lodsgs.prior.diffusion import resolve_model
-    from lodsgs.prior.hub import cache_dir, cached_priors, folder_size, human_size
-    try:
-        typer.echo(f"{'shapes':52s} shipped: {resolve_model('shapes')}")
-    except LodsgsError as e:
-        typer.echo(f"{'shapes':52s} unavailable: {e}")
-    for name, repo, folder in cached_priors():
-        label = f"{name} ({repo})" if name != repo else f"{repo} (legacy id)"
-        if folder:
-            typer.echo(f"{label:52s} cached, {human_size(folder_size(folder))}: {folder}")
-        elif name == repo:
-            typer.echo(f"{label:52s} not cached (its mirror is used)")
-        else:
-            typer.echo(f"{label:52s} not cached: `lodsgs prior download {name}`")
-    typer.echo(f"Hugging Face cache: {cache_dir()}")
+    from lodsgs.prior.hub import prior_table
+    typer.echo(prior_table())
 
 
 @prior_app.command("download", epilog="""**Examples**
 
     lodsgs prior download sd21                         # into the Hugging Face cache
 
-    lodsgs prior download sd15 --to /mnt/priors/sd15 # a folder a cluster shares; then --prior /mnt/priors/sd15
+    lodsgs prior download sd15 --out /mnt/priors/sd15 # a folder a cluster shares; then --prior /mnt/priors/sd15
 """)
 @friendly
 def prior_download(
     name: Annotated[str, typer.Argument(help="sd21, sd15 or a hub id.")],
-    to: Annotated[Path | None, typer.Option("--to", help="Download into this folder instead of the cache.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The folder written, instead of the Hugging Face "
+                                             "cache.")] = None,
     revision: Annotated[str, typer.Option("--revision", help="A commit to pin (prior.revision).")] = "",
     fp16: Annotated[bool | None, typer.Option("--fp16/--fp32", help="The fp16 files (half the bytes) when the "
                                               "repository has them; default: fp16 on a CUDA machine.",
@@ -453,19 +314,9 @@ def prior_download(
 ) -> None:
     """Prefetch a Stable Diffusion prior (its diffusers components only), with progress; an interrupted
     download resumes where it stopped."""
-    import torch
-
-    from lodsgs.prior.diffusion import _looks_like_path, resolve_model
-    from lodsgs.prior.hub import LEGACY, download, folder_size, human_size
-    repo = resolve_model(name)
-    if name == "shapes" or _looks_like_path(repo):
-        raise LodsgsError(f"{name!r} is not a hub id; `prior download` takes sd21, sd15 or an owner/name hub id")
-    repo = LEGACY.get(repo, repo)
-    half = torch.cuda.is_available() if fp16 is None else fp16
-    folder = download(repo, revision or None, half, str(to) if to else None)
-    typer.echo(f"{repo}: {human_size(folder_size(folder))} in {folder}")
-    if to:
-        typer.echo(f"use it with --prior {to}")
+    from lodsgs.prior.hub import download_prior
+    folder = download_prior(name, revision, fp16, out)
+    typer.echo(folder + (f"\nuse it with --prior {out}" if out else ""))
 
 
 @prior_app.command("captions")
@@ -508,84 +359,64 @@ def prior_train_shapes(
         raise LodsgsError("--steps and --batch must be >= 1, --minutes and --lr > 0")
     if not 0 <= underspecified <= 0.5:
         raise LodsgsError(f"--underspecified is a probability per kind, 0 to 0.5; got {underspecified}")
-    argv = ["--out", str(out), "--steps", str(steps), "--seed", str(seed), "--lr", str(lr), "--batch", str(batch),
-            "--weighting", weighting, "--underspecified", str(underspecified)] + (["--resume"] if resume else [])
-    argv += ["--minutes", str(minutes)] if minutes is not None else []
-    train.main(argv + (["--init", str(init)] if init else []))
+    train.train(train.TrainOptions(out=out, steps=steps, minutes=minutes, resume=resume, seed=seed, init=init,
+                                   lr=lr, batch=batch, weighting=weighting, underspecified=underspecified))
 
 
-@prior_app.command("sanity", epilog="**Example**\n\n    lodsgs prior sanity --caption 'a red cube' --json sanity.json")
+@prior_app.command("sanity", epilog="**Example**\n\n    lodsgs prior sanity --caption 'a red cube' --out sanity.json")
 @friendly
 def prior_sanity(
     caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption (repeatable); default the 40 full "
                                                       "captions; underspecified ones ('a cube') also count the "
                                                       "samples' colours and shapes.")] = None,
-    model: Annotated[str, typer.Option(help="Prior name or folder.")] = "shapes",
-    n: Annotated[int, typer.Option(help="Samples per caption.")] = 4,
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale of the DDIM samples.")] = 3.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows as JSON.")] = None,
+    prior: Annotated[str, typer.Option("--prior", help="The shapes prior, or a folder of one.")] = "shapes",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per caption.")] = 4,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="Classifier-free guidance "
+                                                  "scale of the DDIM samples.")] = 3.0,
+    json_out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the rows to this JSON file.")
+                        ] = None,
 ) -> None:
     """Sample the shapes prior itself (DDIM + CFG) and score samples against ground-truth renders."""
-    import json
-
-    from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
-    from lodsgs.prior.shapes import world
-    from lodsgs.prior.shapes.sanity import sanity_report
-    unknown = [c for c in caption or [] if c not in world.all_captions()]
-    if unknown:
-        raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
-    prior = DiffusionPrior.from_pretrained(resolve_model(model))
-    rows = sanity_report(prior, caption or None, n=n, cfg=cfg)
-    keys = ("nearest_view_mse", "color_match", "background_error")
-    typer.echo("| caption | nearest-view MSE | colour match | background error | samples' colours / shapes |\n"
-               "|---|---|---|---|---|")
-    for r in rows:
-        modes = "; ".join(", ".join(f"{k} {v}" for k, v in r[h].items()) for h in ("colors", "shapes") if h in r)
-        typer.echo(f"| {r['caption']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {modes or '–'} |")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-    typer.echo(f"| **mean of {len(rows)}** | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + " | |")
-    if json_out:
-        json_out.write_text(json.dumps({"rows": rows, "mean": mean, "n": n, "cfg": cfg}, indent=2))
+    from lodsgs.prior.shapes.sanity import sanity_cli
+    typer.echo(sanity_cli(caption, prior, samples, guidance_scale, json_out))
 
 
-Set2DOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="2D setting KEY=VALUE (repeatable), e.g. "
-                                                                     "guidance_scale=100, embedding_lr=1e-3.")]
-Preset2DOpt = Annotated[str | None, typer.Option("--preset", help="2D preset: default (shapes with --prior "
-                                                                  "shapes), sds-7.5, sds-100, paper-embedding, "
-                                                                  "paper-lora, edit.")]
+ParticlesOpt = Annotated[int | None, typer.Option("--particles", help="Images optimized together (canvas.particles).")]
 
 
 @app.command("image", epilog="""**Examples**
 
     lodsgs image "a red cube" --prior shapes                      # 4 particles, 32², CPU, about a minute
 
-    lodsgs image "a red cube" --prior shapes --preset paper-embedding --particles 6
+    lodsgs image "a red cube" --prior shapes --config image2d_paper_embedding --particles 6
 
-    lodsgs image "an astronaut riding a horse" --preset paper-lora --device cuda   # SD latents, VAE-decoded
+    lodsgs image "an astronaut riding a horse" --config image2d_paper_lora --device cuda   # SD latents, VAE-decoded
+
+    lodsgs image "a red cube" --prior shapes --set guidance.guidance_scale=7.5 --set canvas.lr=0.1
 """)
 @friendly
 def image_cmd(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    particles: Annotated[int | None, typer.Option("--particles", help="Images optimized together.")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="sds, lods-embedding or lods-lora.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    particles: ParticlesOpt = None,
+    method: Annotated[str | None, typer.Option("--method", help="sds, lods-embedding or lods-lora "
+                                                                "(guidance.method).")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/image-<prompt>-<seed>).")
-                   ] = None,
+    out: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
     prior: PriorOpt = None,
-    preset: Preset2DOpt = None,
-    sets: Set2DOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Optimize images directly with the prior's distillation loss; writes image.png (the particles side by side),
-    progress.png, log.jsonl and metrics.json."""
-    from lodsgs.generate import resolve_device
-    from lodsgs.image2d import generate_image, make_config, slug
-    cfg = make_config(preset or ("shapes" if prior == "shapes" else "default"), sets, particles=particles,
-                      method=method, seed=seed, steps=steps)
-    run_dir = out or Path("runs") / f"image-{slug(prompt)}-{cfg.seed}"
-    generate_image(prompt, cfg, run_dir, prior or "sd21", device=resolve_device(device or "auto"))
-    typer.echo(f"wrote {run_dir}")
+    """Optimize images directly with the prior's distillation loss (presets image2d, image2d_shapes, the default
+    with --prior shapes, image2d_paper_embedding, image2d_paper_lora); writes OUT/image-<prompt>-<seed>/ with
+    image.png (the particles side by side), progress.png, log.jsonl and metrics.json."""
+    from lodsgs.image2d import generate_image, load_2d_config, shortcut_overrides
+    shortcuts = shortcut_overrides(particles, method, seed, steps, device.value if device else None)
+    cfg = load_2d_config("image", config, [*shortcuts, *(sets or [])], prior)
+    result = generate_image(prompt, cfg, out, overwrite=overwrite)
+    typer.echo(f"wrote {result.run_dir}")
 
 
 @app.command("edit", epilog="""**Examples**
@@ -593,31 +424,35 @@ def image_cmd(
     lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes
 
     lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes --method dds
+
+    lodsgs edit red-cube.png --source "a red cube" --target "a blue cube" --prior shapes \\
+        --set canvas.alpha_from_source=false
 """)
 @friendly
 def edit_cmd(
     image: Annotated[Path, typer.Argument(help="The image to edit (PNG or JPEG).")],
     source: Annotated[str, typer.Option("--source", help="Caption of the image as it is.")],
     target: Annotated[str, typer.Option("--target", help="Caption of the image as it should become.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     method: Annotated[str | None, typer.Option(
-        "--method", help="lods (default: LODS-embedding, α from the source caption), sds, dds or lods-lora.")] = None,
+        "--method", help="lods-embedding (the default, `lods` for short: α from the source caption), sds, dds or "
+                         "lods-lora (guidance.method).")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/edit-<target>-<seed>).")
-                   ] = None,
+    out: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
     prior: PriorOpt = None,
-    preset: Preset2DOpt = None,
-    sets: Set2DOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Move IMAGE from the --source caption to the --target one, keeping what the edit does not ask to change;
-    writes edited.png, before_after.png, progress.png, log.jsonl and metrics.json."""
-    from lodsgs.generate import resolve_device
-    from lodsgs.image2d import edit_image, make_config, slug
-    cfg = make_config(preset or "edit", sets, method=method, seed=seed, steps=steps)
-    run_dir = out or Path("runs") / f"edit-{slug(target)}-{cfg.seed}"
-    edit_image(image, source, target, cfg, run_dir, prior or "sd21", device=resolve_device(device or "auto"))
-    typer.echo(f"wrote {run_dir}")
+    """Move IMAGE from the --source caption to the --target one, keeping what the edit does not ask to change
+    (preset edit2d); writes OUT/edit-<target>-<seed>/ with edited.png, before_after.png, progress.png, log.jsonl
+    and metrics.json."""
+    from lodsgs.image2d import edit_image, load_2d_config, shortcut_overrides
+    shortcuts = shortcut_overrides(None, method, seed, steps, device.value if device else None)
+    cfg = load_2d_config("edit", config, [*shortcuts, *(sets or [])], prior)
+    result = edit_image(image, source, target, cfg, out, overwrite=overwrite)
+    typer.echo(f"wrote {result.run_dir}")
 
 
 @app.command("eval", epilog="""**Examples**
@@ -632,7 +467,7 @@ def edit_cmd(
 """)
 @friendly
 def eval_cmd(
-    out: OutOpt = Path("runs/eval"),
+    out: RunsOpt = Path("runs/eval"),
     caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption to evaluate (repeatable).")] = None,
     variant: Annotated[list[str] | None, typer.Option(
         "--variant", help="NAME=key=value,... (repeatable; NAME 'init' scores the unoptimized start); "
@@ -654,31 +489,8 @@ def eval_cmd(
 ) -> None:
     """Generate shapes-world captions with each method and score them against ground-truth renders: PSNR,
     silhouette IoU, colour error, and shape / colour R-precision (R@1) for single-object captions."""
-    from lodsgs.eval import DEFAULT_VARIANTS, IMAGE_VARIANTS, parse_seeds, run_eval
-    if seeds is not None and seed is not None:
-        raise LodsgsError("give --seed or --seeds, not both")
-    seed_list = parse_seeds(seeds) if seeds is not None else None
-    if two_d:
-        from lodsgs.eval2d import eval2d_cli
-        typer.echo(eval2d_cli(task, variant, out, caption, seed_list or [seed or 0], steps, log=typer.echo))
-        return
-    variants = dict(IMAGE_VARIANTS if image else DEFAULT_VARIANTS)
-    if variant:
-        variants = {}
-        for v in variant:
-            name, sep, body = v.partition("=")
-            if not sep or not name:
-                raise LodsgsError(f"--variant expects NAME=key=value,... (or NAME= for the preset as is), got {v!r}")
-            # commas inside [...] belong to a list value: "init.color=[0.5,0.5,0.5],run.steps=10"
-            variants[name] = [kv.strip() for kv in re.split(r",(?![^\[]*\])", body) if kv.strip()]
-    base = list(sets or [])
-    if seed is not None:
-        base.append(f"run.seed={seed}")
-    if steps is not None:
-        base.append(f"run.steps={steps}")
-    result = run_eval(caption, variants, base, out, config=config, log=typer.echo, seeds=seed_list, image=image)
-    typer.echo(result.markdown())
-    typer.echo(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    from lodsgs.eval import eval_cli
+    typer.echo(eval_cli(out, caption, variant, config, sets, seed, seeds, steps, two_d, task, image, log=typer.echo))
 
 
 def optional_ray_address(argv: list[str]) -> list[str]:
@@ -692,9 +504,22 @@ def optional_ray_address(argv: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The ``lodsgs`` entry point: every usage error (unknown option, missing argument, a bad value) is one line
+    ``lodsgs: error: ...`` with exit code 2, as the commands' own errors are."""
+    args = optional_ray_address(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=optional_ray_address(sys.argv[1:]))
+        code = app(args=args, prog_name="lodsgs", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `lodsgs` alone, `lodsgs prior`: the help, exit 0
+        typer.echo(e.ctx.get_help())
+        code = 0
+    except UsageError as e:
+        command = e.ctx.command_path if e.ctx is not None else "lodsgs"
+        print(f"lodsgs: error: {e.format_message()} (see `{command} --help`)", file=sys.stderr)
+        code = 2
+    except typer.Abort:  # Ctrl-C outside a run
+        code = 130
     except LodsgsError as e:  # raised outside a command body
         print(f"lodsgs: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)

@@ -153,14 +153,24 @@ class CameraConfig:
 
 @dataclass
 class DensifyConfig:
-    """Adaptive density control (``splats/densify.py``); its window as fractions of run.steps. Defaults are
-    LODS-3DGS's over its 2,500 steps (gsplat refine_start 300, refine_stop 1000, every 100: refines at steps 400,
-    500, ..., 900): start 0.12, every 0.04, stop 0.36. Refines fall on start + k·every (k >= 1) up to stop."""
+    """Adaptive density control (``splats/densify.py``: gsplat DefaultStrategy's rule on gsplat's public ops).
 
-    enabled: bool = True
-    start: float = fraction(0.12)  # statistics from here; the first refine one period later
-    stop: float = fraction(0.36)  # the last refine at or before here; nothing after it
-    every: float = bounded(0.04, 0, 1, open_lo=True)  # refine period
+    The window is fractions of run.steps, turned into steps by ``at_step``: start, stop, every (at least 1 step)
+    and reset_every (0, or a period that rounds to 0 steps: no reset). Gradient statistics accumulate on every
+    step s <= stop. A refine runs at step s when start < s <= stop and s % every == 0 (multiples of every, not
+    start + k·every): Gaussians whose mean screen-space gradient is > the threshold (grow_grad2d, or with
+    grow_quantile > 0 that quantile of the mean gradients of those seen since the last refine) grow, unless
+    there are max_gaussians or more: duplicated if their largest scale is <= grow_scale3d × scene_scale, split
+    otherwise; then those with opacity < prune_opa are pruned, and, once s is past the first reset step (with no
+    reset: s > max(start, 1)), those larger than prune_scale3d × scene_scale; then the statistics restart. With a
+    reset, opacities are clamped to 2 × prune_opa at 0 < s <= stop with s % reset_every == 0. Defaults are
+    LODS-3DGS's over its 2,500 steps (gsplat refine_start 300, refine_stop 1000, every 100: refines at steps 400,
+    500, ..., 900): start 0.12, every 0.04, stop 0.36."""
+
+    strategy: Literal["default", "none"] = "default"  # "none": no densification
+    start: float = fraction(0.12)  # refines strictly after this step
+    stop: float = fraction(0.36)  # the last step with statistics, a refine or a reset; nothing after it
+    every: float = bounded(0.04, 0, 1, open_lo=True)  # refine period: refines on its multiples
     grow_grad2d: float = bounded(2e-4, 0, 1e6)  # mean screen-space gradient (NDC) above which a Gaussian grows
     # > 0: instead of grow_grad2d, grow the Gaussians above this quantile of the mean screen-space gradient
     # at each refine. Scale-free: LODS divides the gradient by ω, so a fixed threshold means another thing
@@ -257,12 +267,13 @@ def presets() -> list[str]:
 
 
 def load_config(config: str | None = None, overrides: list | None = None, default: str = DEFAULT_PRESET,
-                profile: bool = True) -> Config:
+                profile: bool = True, kind: Literal["3d", "2d"] = "3d") -> Config:
     """The settings of a run, in layers, each checked: the dataclass defaults; a preset (``config`` when it names
     one, else ``default``); the prior's profile (its folder's ``lodsgs.yaml``, when ``profile``); the user's own
     YAML file (``config`` when it is a path); then ``section.key=value`` overrides. What the user wrote (the
     file, the overrides) comes after what the prior recommends. A run's saved config.yaml is marked ``resolved``:
-    it already holds its profile, so none is applied over it again."""
+    it already holds its profile, so none is applied over it again. ``kind`` "2d": an image run (``lodsgs image``
+    / ``lodsgs edit``), which may use guidance.method dds."""
     is_file = config is not None and Path(config).suffix != ""
     preset = read_yaml(preset_path(default if config is None or is_file else config))
     user = read_yaml(Path(config)) if is_file else None
@@ -273,7 +284,7 @@ def load_config(config: str | None = None, overrides: list | None = None, defaul
     if found is not None:
         layers.insert(1, (read_yaml(found)[0], str(found)))
     cfg = merged(layers)
-    validate(cfg)
+    validate(cfg, kind)
     return cfg
 
 
@@ -405,9 +416,10 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 # --- ranges ---------------------------------------------------------------------------------------
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, kind: Literal["3d", "2d"] = "3d") -> None:
     """Check every bounded field's range (its metadata) and the few settings that depend on each other, in
-    one-line errors, so a bad value fails at load time and not after a run (or with a traceback)."""
+    one-line errors, so a bad value fails at load time and not after a run (or with a traceback). dds is
+    refused for a 3D run (``kind`` "3d") only: it needs a source image."""
     for section in dataclasses.fields(cfg):
         part = getattr(cfg, section.name)
         for f in dataclasses.fields(part):
@@ -440,7 +452,7 @@ def validate(cfg: Config) -> None:
         raise LodsgsError("image.radius must be > 0 and image.fovy in (0, 180) degrees (or null: the eval camera's)")
     if cfg.init.kind == "image" and not i.path:
         raise LodsgsError("init.kind is 'image' but no reference image was given; pass --image ref.png")
-    if cfg.guidance.method == "dds":
+    if kind == "3d" and cfg.guidance.method == "dds":
         raise LodsgsError("guidance.method 'dds' edits an image (`lodsgs edit`); for generation use sds, "
                           "lods-embedding or lods-lora")
     if not all(0 <= v <= 1 for v in cfg.render.background):

@@ -203,9 +203,9 @@ def back_half(out: Images, truth: Images, views: EvalViews, ref_elevation: float
 def reference_input(caption: str, cfg, folder: Path) -> Path:
     """The caption's truth seen by the reference camera, as an RGBA PNG (straight colour: the render on black
     divided by its alpha, so compositing it on the background gives the render on the background)."""
-    from lodsgs.generate import run_name
     from lodsgs.media import save_png, to_uint8
     from lodsgs.reference import reference_camera
+    from lodsgs.rundir import run_name
 
     out = render(world.build_object(caption), reference_camera(cfg), background=torch.zeros(3))
     alpha = out.alpha[0]
@@ -317,8 +317,10 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable,
                   log) -> tuple[Splats, float, int, Path | None]:
     """One run's splats, seconds, steps and folder: the start for 'init' (no folder); else the run folder's
     result if it was made with these settings (config hash), else generated (resuming an interrupted run)."""
-    from lodsgs.generate import finished, generate, init_splats, resumable, run_name
+    from lodsgs.api import run_or_resume
+    from lodsgs.rundir import finished, resumable, run_name
     from lodsgs.splats.io import read_ply
+    from lodsgs.starts import init_splats
 
     if variant == "init":  # the starting splats, unoptimized: the floor every method must beat
         return init_splats(cfg, caption, prior(cfg)), 0.0, 0, None
@@ -329,7 +331,7 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable,
         why = " (resuming its checkpoint)" if resume else (
             " (settings changed: generating again)" if (run_dir / "metrics.json").exists() else "")
         log(f"[{variant}] {caption} (seed {cfg.run.seed}){why}")
-        generate(caption, cfg, folder, resume=resume, overwrite=True, quiet=True, prior=prior(cfg))
+        run_or_resume(caption, cfg, folder, quiet=True, prior=prior(cfg))
     done = json.loads((run_dir / "metrics.json").read_text())
     return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"], run_dir
 
@@ -368,7 +370,7 @@ def run_eval(
     ``seeds`` None means the config's seed. ``image``: image-to-3D, each caption's truth at the reference camera
     as the input, scored also on the back half (back_psnr, back_iou)."""
     from lodsgs.config import load_config
-    from lodsgs.generate import Interrupted, load_prior, resolve_device
+    from lodsgs.trainer import Interrupted, load_prior, resolve_device
 
     views = views or EvalViews()
     captions = captions or world.captions()
@@ -404,3 +406,33 @@ def run_eval(
                                                "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     (out / "eval.md").write_text(result.markdown())
     return result
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """``NAME=key=value,...`` (repeatable) as {NAME: [key=value, ...]}; commas inside [...] belong to a list
+    value: ``init.color=[0.5,0.5,0.5],run.steps=10``."""
+    import re
+
+    variants = {}
+    for v in specs:
+        name, sep, body = v.partition("=")
+        if not sep or not name:
+            raise LodsgsError(f"--variant expects NAME=key=value,... (or NAME= for the preset as is), got {v!r}")
+        variants[name] = [kv.strip() for kv in re.split(r",(?![^\[]*\])", body) if kv.strip()]
+    return variants
+
+
+def eval_cli(out: Path, captions: list[str] | None, variant: list[str] | None, config: str | None,
+             sets: list[str] | None, seed: int | None, seeds: str | None, steps: int | None, two_d: bool = False,
+             task: str = "generate", image: bool = False, log=print) -> str:
+    """``lodsgs eval``: the 3D (text or image) or 2D eval from the command's options; returns the tables."""
+    if seeds is not None and seed is not None:
+        raise LodsgsError("give --seed or --seeds, not both")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if two_d:
+        from lodsgs.eval2d import eval2d_cli
+        return eval2d_cli(task, variant, out, captions, seed_list or [seed or 0], steps, log=log)
+    variants = parse_variants(variant) if variant else dict(IMAGE_VARIANTS if image else DEFAULT_VARIANTS)
+    base = list(sets or []) + [f"run.{k}={v}" for k, v in (("seed", seed), ("steps", steps)) if v is not None]
+    result = run_eval(captions, variants, base, out, config=config, log=log, seeds=seed_list, image=image)
+    return f"{result.markdown()}\nwrote {out / 'eval.json'} and {out / 'eval.md'}"

@@ -9,10 +9,10 @@ silhouette IoU with the target and with the source (a colour edit must keep the 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lodsgs.cameras import sample_cameras
+from lodsgs.config import Config
 from lodsgs.errors import LodsgsError
 from lodsgs.eval import chroma, purity
 from lodsgs.files import write_text
@@ -30,22 +31,23 @@ from lodsgs.prior.shapes.sanity import border_color, dominant_color, nearest_col
 TASKS = ("generate", "colour", "shape")
 TRUTH_VIEWS = 48
 REFERENCE = {"generate": "ddim", "colour": "source", "shape": "source"}  # rows that are not runs
-GENERATE_VARIANTS = {  # name: (preset, --set overrides)
-    "ddim": ("default", []),
-    "sds-7.5": ("sds-7.5", []),
-    "sds-100": ("sds-100", []),
-    "lods-emb-paper": ("paper-embedding", []),
-    "lods-emb": ("shapes", []),
-    "lods-lora-paper": ("paper-lora", []),
-    "lods-lora-1e-3": ("paper-lora", ["lora_lr=1e-3"]),
+GENERATE_VARIANTS = {  # name: (preset, section.key=value overrides); every variant runs on the shapes prior
+    "ddim": ("image2d", []),  # the prior's own DDIM samples: only canvas.particles is read
+    "sds-7.5": ("image2d", ["guidance.method=sds", "guidance.guidance_scale=7.5"]),
+    "sds-100": ("image2d", ["guidance.method=sds", "guidance.guidance_scale=100"]),
+    "lods-emb-paper": ("image2d_paper_embedding", []),
+    "lods-emb": ("image2d_shapes", []),
+    "lods-lora-paper": ("image2d_paper_lora", []),
+    "lods-lora-1e-3": ("image2d_paper_lora", ["guidance.lora_lr=1e-3"]),
 }
 EDIT_VARIANTS = {
-    "source": ("edit", []),
-    "sds": ("edit", ["method=sds"]),
-    "dds": ("edit", ["method=dds"]),
-    "lods": ("edit", ["method=lods"]),
-    "lods-null": ("edit", ["method=lods", "alpha_from_source=false"]),
+    "source": ("edit2d", []),  # the unedited image
+    "sds": ("edit2d", ["guidance.method=sds"]),
+    "dds": ("edit2d", ["guidance.method=dds"]),
+    "lods": ("edit2d", ["guidance.method=lods-embedding"]),
+    "lods-null": ("edit2d", ["guidance.method=lods-embedding", "canvas.alpha_from_source=false"]),
 }
+DEFAULT_PRESET = {"generate": "image2d_shapes", "colour": "edit2d", "shape": "edit2d"}  # a --variant's base
 
 
 def object_mask(images: Tensor) -> Tensor:
@@ -145,12 +147,45 @@ def edit_scores(edited: Tensor, src: Tensor, tgt: Tensor) -> dict:
 
 # --- the runner -----------------------------------------------------------------------------------------
 
-def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path, captions: list[str] | None = None,
+def run_eval2d(task: str, variants: dict[str, tuple[str, list]], out: Path, captions: list[str] | None = None,
                seeds: list[int] | None = None, steps: int | None = None, log=print) -> list[dict]:
     """Run every (caption, variant, seed) not yet in out/rows.jsonl with these settings, keep its row there, and
     write eval2d-TASK.md/json over the rows asked for (other rows stay in rows.jsonl for later tables)."""
-    from lodsgs.image2d import edit, initial_particles, make_config, optimize, save_png, side_by_side, slug
+    from lodsgs.image2d import save_png, side_by_side, slug
     from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
+    cases, seeds = task_cases(task, captions), seeds or [0]
+    cfgs = {(seed, name): variant_config(task, name, preset, sets, steps, seed)
+            for seed in seeds for name, (preset, sets) in variants.items()}  # every bad setting before any run
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file = out / "rows.jsonl"
+    text = rows_file.read_text() if rows_file.exists() else ""
+    kept = {row_key(r): r for r in (json.loads(line) for line in text.splitlines() if line.strip())}
+    prior = None
+    for seed in seeds:
+        for source, target in cases:  # caption-major: an interrupted eval already compares every method
+            for name in variants:
+                cfg = cfgs[(seed, name)]
+                old = kept.get((task, name, source, seed))
+                if old is not None and old.get("settings") == settings_hash(cfg):
+                    continue
+                prior = prior or DiffusionPrior.from_pretrained(resolve_model("shapes"))
+                why = " (settings changed: running again)" if old is not None else ""
+                log(f"[2d {task}] {name} {source!r}{'' if task == 'generate' else f' -> {target!r}'} seed {seed}{why}")
+                row, images = run_case(prior, task, name, cfg, source, target)
+                folder = out / "images" / task / name
+                folder.mkdir(parents=True, exist_ok=True)
+                save_png(folder / f"{slug(source)}-s{seed}.png", side_by_side(images))
+                kept[row_key(row)] = row  # a changed variant's row replaces the old one in place
+                write_text(rows_file, "".join(json.dumps(r) + "\n" for r in kept.values()))
+    rows = [kept[(task, name, source, seed)] for seed in seeds for source, _ in cases for name in variants]
+    (out / f"eval2d-{task}.md").write_text(markdown(task, rows))
+    (out / f"eval2d-{task}.json").write_text(json.dumps({"rows": rows, "summary": summary(task, rows)}, indent=2))
+    return rows
+
+
+def task_cases(task: str, captions: list[str] | None) -> list[tuple[str, str]]:
+    """(source, target) of each case: generation's single objects (source = target) or the task's edits, only
+    ``captions`` when given (one line for a caption that is not a single shapes-world object)."""
     if task not in TASKS:
         raise LodsgsError(f"unknown 2D eval task {task!r}; valid: {', '.join(TASKS)}")
     cases = ([(c, c) for c in world.captions() if len(world.parse(c)) == 1] if task == "generate"
@@ -160,61 +195,60 @@ def run_eval2d(task: str, variants: dict[str, tuple[str, list[str]]], out: Path,
         if unknown:
             raise LodsgsError(f"not single-object shapes-world captions: {unknown}; see `lodsgs prior captions`")
         cases = [c for c in cases if c[0] in captions]
-    cfgs = {name: make_config(preset, sets, steps=steps) for name, (preset, sets) in variants.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    rows_file = out / "rows.jsonl"
-    text = rows_file.read_text() if rows_file.exists() else ""
-    kept = {row_key(r): r for r in (json.loads(line) for line in text.splitlines() if line.strip())}
-    prior, seeds = None, seeds or [0]
-    for seed in seeds:
-        for source, target in cases:  # caption-major: an interrupted eval already compares every method
-            for name, cfg in cfgs.items():
-                cfg = dataclasses.replace(cfg, seed=seed)
-                old = kept.get((task, name, source, seed))
-                if old is not None and old.get("settings") == settings_hash(cfg):
-                    continue
-                prior = prior or DiffusionPrior.from_pretrained(resolve_model("shapes"))
-                why = " (settings changed: running again)" if old is not None else ""
-                log(f"[2d {task}] {name} {source!r}{'' if task == 'generate' else f' -> {target!r}'} seed {seed}{why}")
-                row = {"task": task, "variant": name, "caption": source, "target": target, "seed": seed,
-                       "settings": settings_hash(cfg)}
-                if task == "generate":
-                    if name == REFERENCE[task]:
-                        images, seconds = prior.sample(source, n=cfg.particles, seed=seed), 0.0
-                    else:
-                        params = initial_particles(prior, cfg.particles, torch.Generator().manual_seed(seed))
-                        run = optimize(prior, source, cfg, params)
-                        images, seconds = run.images, run.seconds
-                        row |= diagnostics(run.logs)
-                    row |= generation_scores(images, source)
-                else:
-                    src, tgt = edit_pair(source, target)
-                    if name == REFERENCE[task]:
-                        images, seconds = src[None], 0.0
-                    else:
-                        run = edit(prior, src, source, target, cfg)
-                        images, seconds = run.images[:1], run.seconds
-                        row |= diagnostics(run.logs)
-                    row |= edit_scores(images[0], src, tgt)
-                row["seconds"] = round(seconds, 2)
-                folder = out / "images" / task / name
-                folder.mkdir(parents=True, exist_ok=True)
-                save_png(folder / f"{slug(source)}-s{seed}.png", side_by_side(images))
-                kept[row_key(row)] = row  # a changed variant's row replaces the old one in place
-                write_text(rows_file, "".join(json.dumps(r) + "\n" for r in kept.values()))
-    rows = [kept[(task, name, source, seed)] for seed in seeds for source, _ in cases for name in cfgs]
-    (out / f"eval2d-{task}.md").write_text(markdown(task, rows))
-    (out / f"eval2d-{task}.json").write_text(json.dumps({"rows": rows, "summary": summary(task, rows)}, indent=2))
-    return rows
+    return cases
+
+
+def variant_config(task: str, name: str, preset: str, sets: list, steps: int | None, seed: int) -> Config:
+    """A variant's settings: its preset and overrides, then --steps and the seed, on the shapes prior (the one
+    every row runs on, so its settings say so); a bad one is one line naming the variant."""
+    from lodsgs.image2d import load_2d_config
+    extra = [f"run.steps={steps}"] if steps is not None else []
+    try:
+        return load_2d_config("image" if task == "generate" else "edit", preset,
+                              [*sets, *extra, f"run.seed={seed}", ("prior.model", "shapes")], None)
+    except LodsgsError as e:
+        raise LodsgsError(f"variant {name!r}: {e}") from None
+
+
+def run_case(prior, task: str, name: str, cfg: Config, source: str, target: str) -> tuple[dict, Tensor]:
+    """One row (its scores and the run's diagnostics) and the images it scores; the reference rows (DDIM
+    samples, the unedited source) run no optimization."""
+    from lodsgs.image2d import edit, initial_particles, optimize
+    seed = cfg.run.seed
+    row = {"task": task, "variant": name, "caption": source, "target": target, "seed": seed,
+           "settings": settings_hash(cfg)}
+    seconds = 0.0
+    if task == "generate":
+        if name == REFERENCE[task]:
+            images = prior.sample(source, n=cfg.canvas.particles, seed=seed)
+        else:
+            params = initial_particles(prior, cfg.canvas.particles, torch.Generator().manual_seed(seed))
+            run = optimize(prior, source, cfg, params)
+            images, seconds = run.images, run.seconds
+            row |= diagnostics(run.log)
+        row |= generation_scores(images, source)
+    else:
+        src, tgt = edit_pair(source, target)
+        if name == REFERENCE[task]:
+            images = src[None]
+        else:
+            run = edit(prior, src, source, target, cfg)
+            images, seconds = run.images[:1], run.seconds
+            row |= diagnostics(run.log)
+        row |= edit_scores(images[0], src, tgt)
+    row["seconds"] = round(seconds, 2)
+    return row, images
 
 
 def row_key(row: dict) -> tuple:
     return row["task"], row["variant"], row["caption"], row["seed"]
 
 
-def settings_hash(cfg) -> str:
-    """12 hex digits of a run's settings: a kept row counts only if its variant still means the same run."""
-    return hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+def settings_hash(cfg: Config) -> str:
+    """12 hex digits of what decides a 2D run's images (``settings_2d(cfg, result_only=True)``): a kept row
+    counts only if its variant still means the same run."""
+    from lodsgs.image2d import settings_2d
+    return hashlib.sha1(json.dumps(settings_2d(cfg, result_only=True), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def diagnostics(logs: list[dict]) -> dict:
@@ -279,19 +313,23 @@ def fmt(m: dict, key: str, sd: bool = True) -> str:
 
 def eval2d_cli(task: str, variant_specs: list[str] | None, out: Path, captions: list[str] | None,
                seeds: list[int], steps: int | None, log=print) -> str:
-    """`lodsgs eval --2d`: parse ``NAME=key=value,...`` variants (key ``preset`` picks the preset), run, and
-    return the markdown table."""
+    """`lodsgs eval --2d`: parse ``NAME=section.key=value,...`` variants (key ``config`` picks the preset, default
+    image2d_shapes for generation, edit2d for edits; ``preset`` is the same key), run, and return the table."""
     variants = dict(GENERATE_VARIANTS if task == "generate" else EDIT_VARIANTS)
     if variant_specs:
-        variants = {}
-        for spec in variant_specs:
-            name, sep, body = spec.partition("=")
-            if not sep or not name:
-                raise LodsgsError(f"--variant expects NAME=key=value,... (e.g. lods-1e-3=embedding_lr=1e-3), "
-                                  f"got {spec!r}")
-            items = [kv.strip() for kv in body.split(",") if kv.strip()]
-            preset = next((kv.split("=", 1)[1] for kv in items if kv.startswith("preset=")),
-                          "shapes" if task == "generate" else "edit")
-            variants[name] = (preset, [kv for kv in items if not kv.startswith("preset=")])
+        variants = dict(parse_variant(spec, DEFAULT_PRESET.get(task, "edit2d")) for spec in variant_specs)
     rows = run_eval2d(task, variants, out, captions, seeds, steps, log)
     return markdown(task, rows) + f"\nwrote {out / f'eval2d-{task}.md'} and {out / f'eval2d-{task}.json'}"
+
+
+def parse_variant(spec: str, default: str) -> tuple[str, tuple[str, list[str]]]:
+    """``NAME=config=image2d,guidance.embedding_lr=1e-3`` -> (NAME, (preset, overrides)); commas inside
+    [...] belong to a list value."""
+    name, sep, body = spec.partition("=")
+    if not sep or not name:
+        raise LodsgsError(f"--variant expects NAME=section.key=value,... (e.g. "
+                          f"lods-1e-3=guidance.embedding_lr=1e-3), got {spec!r}")
+    items = [kv.strip() for kv in re.split(r",(?![^\[]*\])", body) if kv.strip()]
+    chosen = [kv.split("=", 1)[1] for kv in items if kv.split("=", 1)[0] in ("config", "preset")]
+    return name, (chosen[-1] if chosen else default,
+                  [kv for kv in items if kv.split("=", 1)[0] not in ("config", "preset")])

@@ -31,8 +31,9 @@ class FitConfig:
     init_radius: float = 0.6
     lrs: dict[str, float] = field(default_factory=lambda: {
         "means": 5e-3, "scales": 1e-2, "quats": 2e-3, "opacities": 1e-1, "sh0": 5e-2, "shN": 2.5e-3})
+    # fractions of steps: at 150 steps statistics up to step 105, refines at steps 60 and 90
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(
-        refine_start=30, refine_stop=120, refine_every=30, scene_scale=1.0))
+        start=0.2, stop=0.7, every=0.2, scene_scale=1.0))
 
 
 def fit(
@@ -55,7 +56,7 @@ def fit(
     splats = init
     images = images.to(splats.device)
     optimizers = make_optimizers(splats, cfg.lrs)
-    densifier = Densifier(cfg.densify)
+    densifier = Densifier(cfg.densify, cfg.steps)
     logs: dict[str, list] = {"loss": [], "gaussians": [splats.num]}
     with StepProgress(cfg.steps, quiet=quiet, label="fit") as bar:
         for step in range(cfg.steps):

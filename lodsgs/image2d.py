@@ -6,114 +6,101 @@ LODS 2D playgrounds (yangxiaofeng/LODS ``2dplayground_embedding.py`` / ``2dplayg
 The gradient is ``Guidance``'s: SDS, LODS-embedding, LODS-LoRA; editing adds DDS (``Guidance.distill`` with a
 source branch) and LODS editing, whose learned α starts at the source caption (or the null text) and is trained
 on the current image, so ε(x_t; α) keeps describing what the image is while the target text pulls it on.
+
+Settings are the one ``Config`` (presets configs/image2d*.yaml, edit2d.yaml); a 2D run reads run.steps, seed,
+log_every and device, and the prior, guidance and canvas sections. torch is imported inside the functions that
+use it, so loading and checking a 2D config (the CLI's error paths) loads no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from lodsgs.config import Config, GuidanceConfig, load_config, to_dict
 from lodsgs.errors import LodsgsError
 
-GENERATE_METHODS = ("sds", "lods-embedding", "lods-lora")
-EDIT_METHODS = ("sds", "dds", "lods", "lods-lora")
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+Kind = Literal["image", "edit"]
+METHODS: dict[str, tuple[str, ...]] = {"image": ("sds", "lods-embedding", "lods-lora"),
+                                       "edit": ("sds", "dds", "lods-embedding", "lods-lora")}
+PRESETS = {"image": "image2d", "edit": "edit2d"}  # each kind's default; `lodsgs image --prior shapes`: image2d_shapes
+# what a 2D run reads of a Config: these run keys and the whole prior, guidance and canvas sections (the others
+# are 3D's); log_every and device do not change the images, so a result's hash leaves them out
+RUN_KEYS, SECTIONS, NOT_IN_RESULT = ("steps", "seed", "log_every", "device"), ("prior", "guidance", "canvas"), (
+    "log_every", "device")
+OUTPUTS = {"image": ("image.png", "progress.png", "log.jsonl", "metrics.json"),
+           "edit": ("edited.png", "before_after.png", "progress.png", "log.jsonl", "metrics.json")}
 UPSCALE_TO = 128  # pictures of the 32² prior are drawn at least this big (nearest neighbour)
 
 
-@dataclass
-class Image2DConfig:
-    """One 2D run. Defaults: the ``default`` preset for generation on the shapes prior."""
+# --- settings -------------------------------------------------------------------------------------------
 
-    method: str = "lods-embedding"  # generate: sds | lods-embedding | lods-lora; edit: sds | dds | lods | lods-lora
-    particles: int = 4  # images optimized together (edit: copies of the source)
-    batch: int = 4  # particles per step, drawn without replacement
-    steps: int = 200
-    lr: float = 3e-2  # Adam on the pixel logits / the latent (the official playgrounds' image lr)
-    guidance_scale: float = 100.0  # ω
-    embedding_lr: float = 1e-2  # α's Adam lr
-    lora_lr: float = 1e-5  # ψ's Adam lr
-    negative_prompt: str = ""  # the unconditional text; LODS editing: "" starts α at the null text
-    alpha_from_source: bool = True  # LODS editing: α starts at the source caption's embedding
-    t_min: float = 0.02
-    t_max: float = 0.98  # at step 0; falls linearly to t_max_end at the last step
-    t_max_end: float = 0.2
-    seed: int = 0
-    log_every: int = 10
-    snapshots: int = 8  # columns of the progress strip
-
-
-# the paper's 2D settings (the official 2dplayground_embedding.py / 2dplayground_lora.py) and ours
-PRESETS: dict[str, dict] = {
-    "default": {},
-    # the shapes prior's own CFG (its DDIM samples' and the 3D profile's), image lr 0.3, t_max 0.98 -> 0.5.
-    # Probed on 4 captions (seed 0; docs/2d.md): nearest-view MSE vs DDIM 6.0x at lr 3e-2 with t_max -> 0.2, 3.3x
-    # at lr 0.1, 0.92x at lr 0.3 with t_max held at 0.98. Over the 30 single objects, t_max held at 0.98 gives
-    # 0.95x but 6 captions with a particle of purity < 0.5 (two colours); t_max -> 0.7 1.45x (4); -> 0.5 1.69x
-    # and none (every particle one colour, purity 0.97), so it falls to 0.5.
-    "shapes": {"guidance_scale": 3.0, "lr": 0.3, "t_max_end": 0.5},
-    "sds-7.5": {"method": "sds", "guidance_scale": 7.5},
-    "sds-100": {"method": "sds", "guidance_scale": 100.0},
-    "paper-embedding": {"method": "lods-embedding", "guidance_scale": 100.0, "embedding_lr": 1e-4},
-    "paper-lora": {"method": "lods-lora", "guidance_scale": 1e6, "lora_lr": 1e-5},
-    # LODS editing at the prior's own CFG with t in [0.05, 0.5]: a colour edit keeps the layout, high t only
-    # redraws it. Probed on colour edits (seed 0; docs/2d.md): on red sphere, green cube, blue cone PSNR 25.4 dB vs
-    # 23.1 for omega 7.5 with t up to 0.95 (omega 100: 20.2; alpha lr 1e-3: 18.0); 27.8 dB on those plus yellow
-    # cylinder and purple torus.
-    "edit": {"method": "lods", "guidance_scale": 3.0, "t_min": 0.05, "t_max": 0.5, "t_max_end": 0.5,
-             "particles": 1, "batch": 1, "steps": 200},
-}
-
-
-def make_config(preset: str = "default", sets: list[str] | None = None, **options) -> Image2DConfig:
-    """A preset, then ``key=value`` overrides, then explicit options (None ones skipped), checked."""
-    if preset not in PRESETS:
-        raise LodsgsError(f"unknown 2D preset {preset!r}; valid: {', '.join(PRESETS)}")
-    cfg = dataclasses.replace(Image2DConfig(), **PRESETS[preset])
-    fields = {f.name: f for f in dataclasses.fields(Image2DConfig)}
-    for item in sets or []:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise LodsgsError(f"--set expects KEY=VALUE with KEY among {', '.join(fields)}, got {item!r}")
-        options.setdefault(key, _parse(value, type(getattr(cfg, key)), key))
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in options.items() if v is not None})
-    cfg.batch = min(cfg.batch, cfg.particles)  # fewer particles than the preset's batch: all of them each step
-    if cfg.particles < 1 or cfg.batch < 1:
-        raise LodsgsError(f"need particles >= 1 and 1 <= batch <= particles, got {cfg.particles} / {cfg.batch}")
-    if cfg.steps < 1:
-        raise LodsgsError(f"steps must be >= 1, got {cfg.steps}")
+def load_2d_config(kind: Kind, config: str | None, overrides: list | None, prior: str | None) -> Config:
+    """A 2D run's settings: the preset ``config`` names (else the kind's default: image2d, image2d_shapes with
+    ``prior`` "shapes", edit2d), a user YAML file, ``prior`` (taken literally), then ``overrides``; every value
+    range-checked, and the method one the kind can run. No prior profile: those hold 3D settings."""
+    if kind not in PRESETS:
+        raise LodsgsError(f"unknown 2D run kind {kind!r}; valid: {', '.join(PRESETS)}")
+    default = "image2d_shapes" if kind == "image" and prior == "shapes" else PRESETS[kind]
+    items = [("prior.model", prior)] if prior else []
+    cfg = load_config(config, [*items, *(overrides or [])], default=default, profile=False, kind="2d")
+    check_method(kind, cfg)
     return cfg
 
 
-def _parse(value: str, kind: type, key: str):
-    """A ``--set`` value as the field's type."""
-    try:
-        return value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    except ValueError:
-        raise LodsgsError(f"--set {key}= expects a {kind.__name__}, got {value!r}") from None
+def check_method(kind: Kind, cfg: Config) -> None:
+    """One line when guidance.method is not one ``kind`` runs (dds needs a source image: edit only)."""
+    valid = METHODS[kind]
+    if cfg.guidance.method not in valid:
+        raise LodsgsError(f"guidance.method {cfg.guidance.method!r} is not for `lodsgs {kind}`; valid: "
+                          f"{', '.join(valid)}")
 
 
-def guidance_config(cfg: Image2DConfig, steps: int):
-    """GuidanceConfig for a 2D run: no view suffix, t_max linear from t_max to t_max_end over the run."""
-    from lodsgs.prior.guidance import GuidanceConfig
+def shortcut_overrides(particles: int | None = None, method: str | None = None, seed: int | None = None,
+                       steps: int | None = None, device: str | None = None) -> list:
+    """The 2D commands' shortcut options as overrides (given before --set, so --set wins): canvas.particles,
+    guidance.method (``lods``: lods-embedding, the old name), run.seed, run.steps, run.device."""
+    method = "lods-embedding" if method == "lods" else method
+    pairs = (("canvas.particles", particles), ("guidance.method", method), ("run.seed", seed),
+             ("run.steps", steps), ("run.device", device))
+    return [(key, value) for key, value in pairs if value is not None]
 
-    method = {"dds": "sds", "lods": "lods-embedding"}.get(cfg.method, cfg.method)
-    return GuidanceConfig(method=method, guidance_scale=cfg.guidance_scale, negative_prompt=cfg.negative_prompt,
-                          view_dependent=False, min_step_percent=cfg.t_min, max_step_percent=cfg.t_max,
-                          anneal="linear", anneal_after_step=steps, max_step_percent_after=cfg.t_max_end,
-                          embedding_lr=cfg.embedding_lr, lora_lr=cfg.lora_lr)
+
+def settings_2d(cfg: Config, result_only: bool = False) -> dict:
+    """The settings a 2D run reads, as plain dicts by section (metrics.json keeps them); ``result_only`` leaves
+    out what changes no image (log_every, device), for eval2d's settings hash."""
+    d = to_dict(cfg)
+    run = {k: d["run"][k] for k in RUN_KEYS if not (result_only and k in NOT_IN_RESULT)}
+    return {"run": run, **{s: d[s] for s in SECTIONS}}
+
+
+def guidance_config(cfg: Config, source_caption: str | None = None) -> GuidanceConfig:
+    """``Guidance``'s settings for a 2D run: dds is SDS plus a source branch (optimize adds it); in a LODS edit
+    the learned branch starts at the source caption when canvas.alpha_from_source."""
+    g = cfg.guidance
+    g = dataclasses.replace(g, method="sds" if g.method == "dds" else g.method)
+    if source_caption is not None and g.method != "sds" and cfg.canvas.alpha_from_source:
+        g.negative_prompt = source_caption
+    return g
 
 
 # --- particles: the parameters, their x0 and their pictures ---------------------------------------------
 
 def initial_particles(prior, n: int, generator: torch.Generator) -> Tensor:
     """Random start: pixel logits ~ N(0, 1) (a grey-ish noise image), or latents ~ U[-1, 1] (the playgrounds')."""
+    import torch
     c, s = prior.unet.config.in_channels, prior.unet.config.sample_size
     if prior.vae is None:
         return torch.randn(n, c, s, s, generator=generator)
@@ -122,6 +109,7 @@ def initial_particles(prior, n: int, generator: torch.Generator) -> Tensor:
 
 def particles_from_image(prior, image: Tensor, n: int) -> Tensor:
     """Parameters that reproduce ``image`` [H,W,3] in [0,1]: logits of its pixels, or its VAE latent (mean)."""
+    import torch
     with torch.no_grad():
         x0 = prior.encode_images(image[None].to(prior.device)).float()
     if prior.vae is None:
@@ -132,76 +120,97 @@ def particles_from_image(prior, image: Tensor, n: int) -> Tensor:
 
 def to_x0(prior, params: Tensor) -> Tensor:
     """The diffusion model's x0 of the particles: sigmoid pixels mapped to [-1, 1], or the latent itself."""
-    return torch.sigmoid(params) * 2 - 1 if prior.vae is None else params
+    return params.sigmoid() * 2 - 1 if prior.vae is None else params
 
 
-@torch.no_grad()
 def to_images(prior, params: Tensor) -> Tensor:
     """Pictures [N,H,W,3] in [0,1]: the pixels, or the VAE-decoded latents."""
-    if prior.vae is None:
-        return torch.sigmoid(params).permute(0, 2, 3, 1).float().cpu()
-    x = prior.vae.decode((params / prior.vae.config.scaling_factor).to(prior.dtype)).sample.float()
-    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()
+    import torch
+    with torch.no_grad():
+        if prior.vae is None:
+            return params.sigmoid().permute(0, 2, 3, 1).float().cpu()
+        x = prior.vae.decode((params / prior.vae.config.scaling_factor).to(prior.dtype)).sample.float()
+        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()
 
 
 # --- the loop -------------------------------------------------------------------------------------------
 
 @dataclass
-class Run2D:
-    images: Tensor  # [N,H,W,3] final pictures
-    strip: list[Tensor]  # snapshots [N,H,W,3] along the run
-    logs: list[dict]  # every logged record
+class Result2D:
+    """A finished 2D run: the final pictures [N,H,W,3] in [0,1], the snapshots along the run (``strip``, each
+    [N,H,W,3]), the log records (every run.log_every steps and the last), its time, its steps, and its run folder
+    (None when nothing was written)."""
+
+    images: Tensor
+    strip: list[Tensor]
+    log: list[dict]
     seconds: float
     steps: int
+    run_dir: Path | None = None
 
 
-def optimize(prior, prompt: str, cfg: Image2DConfig, params: Tensor, source: tuple[str, Tensor] | None = None,
-             log_file: Path | None = None) -> Run2D:
-    """Optimize ``params`` toward ``prompt`` with cfg.method; ``source`` = (caption, x0) for editing
-    (DDS's reference branch; LODS's α start)."""
+def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str, Tensor] | None = None,
+             log_file: Path | None = None) -> Result2D:
+    """Optimize ``params`` toward ``prompt`` with guidance.method; ``source`` = (caption, x0) for editing
+    (DDS's reference branch; LODS's α start). Writes nothing but ``log_file`` (when given)."""
+    import torch
+
     from lodsgs.prior.guidance import Guidance
-    from lodsgs.runlog import GUIDANCE_KEYS
 
-    gcfg = guidance_config(cfg, cfg.steps)
-    if cfg.method in ("lods", "lods-lora") and source is not None and cfg.alpha_from_source:
-        gcfg.negative_prompt = source[0]  # the learned branch starts at the source caption
-    guidance = Guidance(prior, gcfg, prompt, seed=cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    run, c = cfg.run, cfg.canvas
+    guidance = Guidance(prior, guidance_config(cfg, source[0] if source else None), prompt, seed=run.seed,
+                        steps=run.steps)
+    gen = torch.Generator().manual_seed(run.seed + 1)
     params = torch.nn.Parameter(params.to(prior.device).float().clone())
-    opt = torch.optim.Adam([{"params": [params], "lr": cfg.lr, "betas": (0.9, 0.99), "eps": 1e-15},
+    opt = torch.optim.Adam([{"params": [params], "lr": c.lr, "betas": (0.9, 0.99), "eps": 1e-15},
                             *guidance.param_groups()])
-    dds = None
-    if cfg.method == "dds":
-        if source is None:
-            raise LodsgsError("dds needs a source image and caption: use `lodsgs edit`")
-        dds = (source[1].to(prior.device).float(), prior.encode_text(source[0]))
-    marks = {round(i * (cfg.steps - 1) / max(cfg.snapshots - 1, 1)) for i in range(cfg.snapshots)}
-    strip, logs, start = [], [], time.perf_counter()
-    out = open(log_file, "w", encoding="utf-8") if log_file else None
-    try:
-        for step in range(cfg.steps):
+    dds = dds_branch(prior, cfg, source)
+    marks = {round(i * (run.steps - 1) / max(c.snapshots - 1, 1)) for i in range(c.snapshots)}
+    strip, log, start = [], [], time.perf_counter()
+    with (open(log_file, "w", encoding="utf-8") if log_file else contextlib.nullcontext()) as out:
+        for step in range(run.steps):
             if step in marks:
                 strip.append(to_images(prior, params.detach()))
-            idx = torch.randperm(cfg.particles, generator=gen)[:cfg.batch].to(prior.device)
+            idx = torch.randperm(c.particles, generator=gen)[:c.batch].to(prior.device)
             x0 = to_x0(prior, params[idx])
             src = None if dds is None else (dds[0].expand(len(idx), -1, -1, -1), dds[1].expand(len(idx), -1, -1))
             res = guidance.distill(x0, ["front"] * len(idx), step, source=src)
             opt.zero_grad(set_to_none=True)
             (res.loss + res.prior_loss).backward()
             opt.step()
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, **{k: res.logs[k] for k in GUIDANCE_KEYS if k in res.logs},
-                       "seconds": round(time.perf_counter() - start, 4)}
-                logs.append(rec)
-                if out:
-                    out.write(json.dumps(rec) + "\n")
+            if (run.log_every and step % run.log_every == 0) or step == run.steps - 1:
+                log.append(record(step, res.logs, time.perf_counter() - start))
+                if out is not None:
+                    out.write(json.dumps(log[-1]) + "\n")
                     out.flush()
-    finally:
-        if out:
-            out.close()
     images = to_images(prior, params.detach())
     strip.append(images)
-    return Run2D(images, strip, logs, time.perf_counter() - start, cfg.steps)
+    return Result2D(images, strip, log, time.perf_counter() - start, run.steps)
+
+
+def record(step: int, logs: dict, seconds: float) -> dict:
+    """One log.jsonl record: the step, the guidance's numbers (the keys a 3D run logs), the time so far."""
+    from lodsgs.runlog import GUIDANCE_KEYS
+    return {"step": step, **{k: logs[k] for k in GUIDANCE_KEYS if k in logs}, "seconds": round(seconds, 4)}
+
+
+def dds_branch(prior, cfg: Config, source: tuple[str, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+    """DDS's source branch (x0 of the source, its caption's embedding); None for the other methods."""
+    if cfg.guidance.method != "dds":
+        return None
+    if source is None:
+        raise LodsgsError("guidance.method 'dds' needs a source image and caption: use `lodsgs edit`")
+    return source[1].to(prior.device).float(), prior.encode_text(source[0])
+
+
+def edit(prior, image: Tensor, source: str, target: str, cfg: Config, log_file: Path | None = None) -> Result2D:
+    """One edit run from ``image`` [H,W,3] in [0,1]: canvas.particles copies of it moved from ``source`` to
+    ``target`` (no files unless ``log_file``)."""
+    import torch
+    params = particles_from_image(prior, image, cfg.canvas.particles)
+    with torch.no_grad():
+        x0_src = to_x0(prior, params[:1].to(prior.device))
+    return optimize(prior, target, cfg, params, source=(source, x0_src), log_file=log_file)
 
 
 # --- files ----------------------------------------------------------------------------------------------
@@ -225,6 +234,7 @@ def side_by_side(images: Tensor) -> np.ndarray:
 
 def progress_strip(strip: list[Tensor]) -> np.ndarray:
     """Rows: particles; columns: snapshots along the run."""
+    import torch
     return np.concatenate([side_by_side(torch.stack([s[i] for s in strip])) for i in range(len(strip[0]))], 0)
 
 
@@ -239,6 +249,7 @@ def save_png(path: Path, array: np.ndarray) -> None:
 def load_image(path: Path) -> Tensor:
     """An RGB image [H,W,3] in [0,1] (alpha composited on white), or one LodsgsError line."""
     import imageio.v2 as imageio
+    import torch
     path = Path(path)
     if not path.is_file():
         raise LodsgsError(f"image {str(path)!r} does not exist; give a PNG or JPEG file")
@@ -257,10 +268,13 @@ def load_image(path: Path) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def write_metrics(run_dir: Path, prompt: str, cfg: Image2DConfig, run: Run2D, **extra) -> dict:
+def write_metrics(run_dir: Path, prompt: str, cfg: Config, run: Result2D, **extra) -> dict:
+    """metrics.json: the caption(s), the effective 2D settings, time, speed and the learned branch's end state."""
+    import torch
+
     from lodsgs.files import write_text
-    last = run.logs[-1] if run.logs else {}
-    metrics = {"prompt": prompt, **extra, "config": asdict(cfg), "steps": run.steps,
+    last = run.log[-1] if run.log else {}
+    metrics = {"prompt": prompt, **extra, "prior": cfg.prior.model, "config": settings_2d(cfg), "steps": run.steps,
                "seconds": round(run.seconds, 2), "steps_per_second": round(run.steps / max(run.seconds, 1e-9), 2),
                "threads": torch.get_num_threads(),
                **{k: last[k] for k in ("alpha_shift", "alpha_cos", "lora_b_norm", "eps_gap") if k in last}}
@@ -268,66 +282,110 @@ def write_metrics(run_dir: Path, prompt: str, cfg: Image2DConfig, run: Run2D, **
     return metrics
 
 
-def check_text(prior_path: str, name: str, *texts: str) -> None:
-    """Every caption known to a closed-vocabulary prior (one line otherwise)."""
-    from lodsgs.generate import check_prompt
+# --- the commands ---------------------------------------------------------------------------------------
+
+def checked_model(cfg: Config, *texts: str) -> str:
+    """The prior's folder or hub id, once every caption is known to it (a closed-vocabulary prior refuses
+    unknown words in one line)."""
+    from lodsgs.names import resolve_model
+    from lodsgs.prompts import check_prompt
+    path = resolve_model(cfg.prior.model)
     for text in texts:
-        check_prompt(text, prior_path, name)
+        check_prompt(text, path, cfg.prior.model)
+    return path
 
 
-def generate_image(prompt: str, cfg: Image2DConfig, out: Path, prior_name: str = "sd21", prior=None,
-                   device: str = "cpu") -> Path:
-    """``lodsgs image``: particles from noise toward ``prompt``; writes image.png, progress.png, log.jsonl,
-    metrics.json into ``out``."""
-    from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
-    if cfg.method not in GENERATE_METHODS:
-        raise LodsgsError(f"unknown method {cfg.method!r} for `lodsgs image`; valid: {', '.join(GENERATE_METHODS)}")
-    path = resolve_model(prior_name)
-    check_text(path, prior_name, prompt)
-    prior = prior or DiffusionPrior.from_pretrained(path, device=device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    params = initial_particles(prior, cfg.particles, gen)
-    out.mkdir(parents=True, exist_ok=True)
-    run = optimize(prior, prompt, cfg, params, log_file=out / "log.jsonl")
-    save_png(out / "image.png", side_by_side(run.images))
-    save_png(out / "progress.png", progress_strip(run.strip))
-    write_metrics(out, prompt, cfg, run, prior=prior_name)
-    return out
+def device_of(cfg: Config) -> torch.device:
+    """run.device as a torch device ("auto": CUDA when there is one); one line for cuda without a GPU."""
+    import torch
+    name = cfg.run.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LodsgsError("run.device is cuda but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
 
 
-def edit_image(image_path: Path, source: str, target: str, cfg: Image2DConfig, out: Path,
-               prior_name: str = "sd21", prior=None, device: str = "cpu") -> Path:
-    """``lodsgs edit``: move the image from ``source`` to ``target``; writes edited.png, before_after.png,
-    progress.png, log.jsonl, metrics.json."""
-    from lodsgs.prior.diffusion import DiffusionPrior, resolve_model
-    if cfg.method not in EDIT_METHODS:
-        raise LodsgsError(f"unknown method {cfg.method!r} for `lodsgs edit`; valid: {', '.join(EDIT_METHODS)}")
+def load_prior(cfg: Config, path: str):
+    """The diffusion prior at ``path`` on run.device (one line when it cannot be loaded)."""
+    from lodsgs.prior.diffusion import DiffusionPrior
+    return DiffusionPrior.from_pretrained(path, device=device_of(cfg), revision=cfg.prior.revision)
+
+
+def run_folder(out: Path | None, kind: Kind, caption: str, seed: int, overwrite: bool) -> Path | None:
+    """``out/<kind>-<slug>-<seed>`` (None without ``out``), refused in one line when ``out`` is a file or a run is
+    in the way (unless ``overwrite``). Creates nothing."""
+    if out is None:
+        return None
+    out = Path(out)
+    run_dir = out / f"{kind}-{slug(caption)}-{seed}"
+    if out.exists() and not out.is_dir():
+        raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the run folders")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LodsgsError(f"run folder {str(run_dir)!r} is a file; move it or give another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --overwrite to start again")
+    return run_dir
+
+
+def open_folder(run_dir: Path, kind: Kind) -> None:
+    """Create the run folder (one line if it cannot be written) and clear an overwritten run's outputs, so none
+    of them stays beside a new run that fails."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS[kind]:
+            (run_dir / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise LodsgsError(f"cannot write to output folder {str(run_dir)!r}: {e.strerror}") from None
+
+
+def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite: bool = False,
+                   prior=None) -> Result2D:
+    """``lodsgs image``: canvas.particles images from noise toward ``prompt``. ``out`` None: nothing is written;
+    else the run folder ``out/image-<slug>-<seed>`` gets image.png (the particles side by side), progress.png,
+    log.jsonl and metrics.json. ``prior``: an already loaded prior (else cfg.prior's, on run.device)."""
+    import torch
+    check_method("image", cfg)
+    path = checked_model(cfg, prompt)
+    run_dir = run_folder(out, "image", prompt, cfg.run.seed, overwrite)
+    prior = prior or load_prior(cfg, path)  # every refusal (words, folder, prior) before anything is written
+    params = initial_particles(prior, cfg.canvas.particles, torch.Generator().manual_seed(cfg.run.seed))
+    if run_dir is None:
+        return optimize(prior, prompt, cfg, params)
+    open_folder(run_dir, "image")
+    result = optimize(prior, prompt, cfg, params, log_file=run_dir / "log.jsonl")
+    save_png(run_dir / "image.png", side_by_side(result.images))
+    save_png(run_dir / "progress.png", progress_strip(result.strip))
+    write_metrics(run_dir, prompt, cfg, result)
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | None = None, overwrite: bool = False,
+               prior=None) -> Result2D:
+    """``lodsgs edit``: move ``image`` from the ``source`` caption to ``target``. ``out`` None: nothing is
+    written; else the run folder ``out/edit-<target slug>-<seed>`` gets edited.png, before_after.png,
+    progress.png, log.jsonl and metrics.json."""
+    import torch
+    check_method("edit", cfg)
     if source.strip() == target.strip():
         raise LodsgsError(f"--source and --target are the same ({source!r}); the target caption must describe the "
                           "edit, e.g. --source 'a red cube' --target 'a blue cube'")
-    image = load_image(image_path)
-    path = resolve_model(prior_name)
-    check_text(path, prior_name, source, target)
-    prior = prior or DiffusionPrior.from_pretrained(path, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    run = edit(prior, image, source, target, cfg, log_file=out / "log.jsonl")
-    before = to_images(prior, particles_from_image(prior, image, 1).to(prior.device))
-    save_png(out / "edited.png", as_uint8(run.images[:1])[0])
-    save_png(out / "before_after.png", side_by_side(torch.cat([before, run.images[:1]])))
-    save_png(out / "progress.png", progress_strip(run.strip))
-    write_metrics(out, target, cfg, run, source=source, image=str(image_path), prior=prior_name)
-    return out
-
-
-def edit(prior, image: Tensor, source: str, target: str, cfg: Image2DConfig, log_file: Path | None = None) -> Run2D:
-    """One edit run from ``image`` [H,W,3] in [0,1] (no files unless ``log_file``)."""
-    params = particles_from_image(prior, image, cfg.particles)
-    with torch.no_grad():
-        x0_src = to_x0(prior, params[:1].to(prior.device))
-    return optimize(prior, target, cfg, params, source=(source, x0_src), log_file=log_file)
+    picture = load_image(image)
+    path = checked_model(cfg, source, target)
+    run_dir = run_folder(out, "edit", target, cfg.run.seed, overwrite)
+    prior = prior or load_prior(cfg, path)
+    if run_dir is None:
+        return edit(prior, picture, source, target, cfg)
+    open_folder(run_dir, "edit")
+    result = edit(prior, picture, source, target, cfg, log_file=run_dir / "log.jsonl")
+    before = to_images(prior, particles_from_image(prior, picture, 1).to(prior.device))
+    save_png(run_dir / "edited.png", as_uint8(result.images[:1])[0])
+    save_png(run_dir / "before_after.png", side_by_side(torch.cat([before, result.images[:1]])))
+    save_png(run_dir / "progress.png", progress_strip(result.strip))
+    write_metrics(run_dir, target, cfg, result, source=source, image=str(image))
+    return dataclasses.replace(result, run_dir=run_dir)
 
 
 def slug(text: str) -> str:
     """A filesystem-safe short name of a caption."""
-    import re
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"

@@ -41,8 +41,9 @@ class PromptWorker:
         """Generate one prompt; every lodsgs failure is returned as a record (never retried by Ray)."""
         import ray
 
+        from lodsgs.api import run_or_resume
         from lodsgs.batch import split_entry
-        from lodsgs.generate import Interrupted, generate, load_prior, resolve_device, resumable, run_name
+        from lodsgs.trainer import Interrupted, load_prior, resolve_device
 
         start = time.perf_counter()
         record: dict[str, Any] = {"node": ray.util.get_node_ip_address()}
@@ -50,10 +51,10 @@ class PromptWorker:
             if self.prior is None:
                 self.prior = load_prior(self.cfg, resolve_device(self.cfg.run.device))
             text, cfg = split_entry(prompt, self.cfg)  # "ref.png<TAB>prompt": image-to-3D
-            resume = resumable(self.out / run_name(text, cfg.run.seed, cfg.image.path), cfg)
-            run_dir = generate(text, cfg, self.out, resume=resume, overwrite=True, quiet=True,
-                               prior=self.prior, should_stop=ray.get_runtime_context().is_canceled)
-            record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"), resumed=resume)
+            run_dir, how = run_or_resume(text, cfg, self.out, quiet=True, prior=self.prior,
+                                         should_stop=ray.get_runtime_context().is_canceled)
+            record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"),
+                          resumed=how == "resumed")
         except Interrupted as e:
             record.update(status="interrupted", error=str(e))
         except Exception as e:  # isolate every failure, out-of-memory included
@@ -143,7 +144,7 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
         _drive(ray, [new_actor() for _ in range(n)], new_actor, pending, deque(todo), cfg, digest, manifest, result,
                log, progress, max_retries)
     except KeyboardInterrupt:
-        from lodsgs.generate import Interrupted
+        from lodsgs.trainer import Interrupted
         saved = stop_running(ray, pending, log)
         raise Interrupted(f"batch interrupted ({result.done} done this time, {saved} running prompts checkpointed); "
                           "rerun the same command to continue: finished prompts are skipped, the others resume "

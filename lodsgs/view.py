@@ -23,7 +23,7 @@ from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 
 if TYPE_CHECKING:
-    from lodsgs.generate import StepReport
+    from lodsgs.trainer import StepReport
 
 
 def splat_arrays(splats: Splats) -> dict[str, np.ndarray]:

@@ -11,8 +11,11 @@ from collections.abc import Callable
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches the Hugging Face Hub (read when huggingface_hub is imported)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lodsgs.prior.tiny import build_tiny_prior  # noqa: E402
+
+torch.set_num_threads(1)  # one thread a process: "over 3 s" (the `slow` marker) means the same on every machine
 
 # a run of a few steps at 32 px that still passes through checkpoints, densification and the annealing step
 TINY = ("run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_frames=4", "run.turntable_size=32",
@@ -52,7 +55,7 @@ def sigint_at(monkeypatch):
     import os
     import signal
 
-    import lodsgs.generate as gen
+    import lodsgs.trainer as gen
 
     def arm(step: int) -> None:
         real = gen.train_step

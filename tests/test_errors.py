@@ -8,8 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lodsgs import api
 from lodsgs.cli import app, build_config
-from lodsgs.generate import generate, run_name
+from lodsgs.rundir import run_name
 from lodsgs.splats.io import write_ply
 from lodsgs.splats.model import Splats
 
@@ -141,7 +142,7 @@ def snapshot(folder):
 
 
 def test_rejected_resume_and_failed_overwrite(tiny_sets, tmp_path, monkeypatch):
-    import lodsgs.generate as gen
+    import lodsgs.trainer as gen
 
     args = ["generate", "a cube", "--out", str(tmp_path), *tiny_sets("pixel")]
     assert runner.invoke(app, args).exit_code == 0
@@ -155,8 +156,7 @@ def test_rejected_resume_and_failed_overwrite(tiny_sets, tmp_path, monkeypatch):
         raise RuntimeError("simulated crash mid-run")
     monkeypatch.setattr(gen, "train_step", boom)
     with pytest.raises(RuntimeError):
-        generate("a cube", build_config("sds", tiny_sets("pixel")[1::2]), tmp_path, overwrite=True,
-                 quiet=True)
+        api.run("a cube", build_config("sds", tiny_sets("pixel")[1::2]), tmp_path, overwrite=True, quiet=True)
     left = {p.name for p in run.iterdir()}
     assert "config.yaml" in left and not left & {"splats.ply", "splats.splat", "metrics.json", "turntable.gif",
                                                   "preview.png", "checkpoints"}

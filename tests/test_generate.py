@@ -7,8 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lodsgs import api
 from lodsgs.cli import app
-from lodsgs.generate import generate, run_name
+from lodsgs.rundir import run_name
 from lodsgs.splats.io import read_ply
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
 
 def test_on_step_gets_every_step_then_the_finished_splats(cfg_for, tmp_path):
     reports = []
-    run = generate("a red cube", cfg_for("sds"), tmp_path, quiet=True, on_step=reports.append)
+    run = api.run("a red cube", cfg_for("sds"), tmp_path, quiet=True, on_step=reports.append).run_dir
     assert [(r.step, r.done) for r in reports] == [(k, False) for k in range(1, 7)] + [(6, True)]
     assert {r.prompt for r in reports} == {"a red cube"} and all(r.steps == 6 for r in reports)
     assert reports[-1].splats.num == read_ply(run / "splats.ply").num and "loss" in reports[-1].logs
@@ -48,11 +49,11 @@ def test_on_step_gets_every_step_then_the_finished_splats(cfg_for, tmp_path):
 @pytest.mark.parametrize("method", ["sds", "lods-embedding", pytest.param("lods-lora", marks=pytest.mark.slow)])
 def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
     cfg = cfg_for(method)
-    full = generate("a red cube", cfg, tmp_path / "full", quiet=True)
+    full = api.run("a red cube", cfg, tmp_path / "full", quiet=True).run_dir
     sigint_at(4)
     with pytest.raises(Exception, match="interrupted at step 4"):
-        generate("a red cube", cfg, tmp_path / "cut", quiet=True)
-    resumed = generate("a red cube", cfg, tmp_path / "cut", quiet=True, resume=True)
+        api.run("a red cube", cfg, tmp_path / "cut", quiet=True)
+    resumed = api.run("a red cube", cfg, tmp_path / "cut", quiet=True, resume=True).run_dir
     a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
     for key in a.params:
         assert torch.equal(a.params[key], b.params[key]), key
@@ -60,24 +61,24 @@ def test_resume_matches_uninterrupted_run(cfg_for, tmp_path, method, sigint_at):
 
 def test_same_seed_same_result_on_cpu(cfg_for, tmp_path):
     cfg = cfg_for("lods-embedding", "pixel")
-    a = read_ply(generate("a blue torus", cfg, tmp_path / "a", quiet=True) / "splats.ply")
-    b = read_ply(generate("a blue torus", cfg, tmp_path / "b", quiet=True) / "splats.ply")
+    a = read_ply(api.run("a blue torus", cfg, tmp_path / "a", quiet=True).run_dir / "splats.ply")
+    b = read_ply(api.run("a blue torus", cfg, tmp_path / "b", quiet=True).run_dir / "splats.ply")
     assert torch.equal(a.params["means"], b.params["means"]) and torch.equal(a.params["sh0"], b.params["sh0"])
 
 
 def test_batch_isolates_failures_resumes_and_shards(tiny_sets, tmp_path, monkeypatch):
-    import lodsgs.generate as gen
+    import lodsgs.api as gen
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n# skip me\n\na blue torus\nexplode\na red cube\n")
-    real = gen.generate
+    real = gen.run
 
     def flaky(prompt, *a, **k):
         if prompt == "explode":
             raise torch.OutOfMemoryError("simulated out of memory")
         return real(prompt, *a, **k)
 
-    monkeypatch.setattr(gen, "generate", flaky)
+    monkeypatch.setattr(gen, "run", flaky)
     out = tmp_path / "batch"
     args = ["batch", str(prompts), "--out", str(out), *tiny_sets("pixel")]
     first = runner.invoke(app, args)
@@ -125,13 +126,13 @@ def test_unwritable_output_folder(tiny_sets, tmp_path):
 
 def test_existing_run_folder_needs_resume_or_overwrite(cfg_for, tmp_path):
     cfg = cfg_for("sds", "pixel")
-    generate("a cube", cfg, tmp_path, quiet=True)
+    api.run("a cube", cfg, tmp_path, quiet=True)
     with pytest.raises(Exception, match="already exists; pass --resume"):
-        generate("a cube", cfg, tmp_path, quiet=True)
+        api.run("a cube", cfg, tmp_path, quiet=True)
 
 
 def test_flat_start_colour(cfg_for):
-    from lodsgs.generate import init_splats
+    from lodsgs.starts import init_splats
 
     splats = init_splats(cfg_for("sds", "latent", "init.color=[0.5,0.25,1.0]"))
     assert torch.allclose(splats.rgb, torch.tensor([0.5, 0.25, 1.0]).expand(splats.num, 3), atol=1e-6)
@@ -141,7 +142,8 @@ def test_flat_start_colour(cfg_for):
 @pytest.mark.slow
 def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
     """init.kind=sample on a VAE prior: DDIM in latent space, decoded, lifted; seeded by run.seed."""
-    from lodsgs.generate import init_splats, load_prior
+    from lodsgs.starts import init_splats
+    from lodsgs.trainer import load_prior
 
     cfg = cfg_for("lods-embedding", "latent", "init.kind=sample")
     prior = load_prior(cfg, "cpu")
@@ -151,7 +153,7 @@ def test_sample_start_through_a_latent_prior(cfg_for, tmp_path):
     assert not torch.equal(images, prior.sample("a corgi", n=2, steps=3, seed=1))
     start = init_splats(cfg, "a corgi", prior)
     assert start.num == cfg.init.num and torch.equal(start.means, init_splats(cfg, "a corgi", prior).means)
-    run = generate("a corgi", cfg, tmp_path, quiet=True, prior=prior)
+    run = api.run("a corgi", cfg, tmp_path, quiet=True, prior=prior).run_dir
     assert json.loads((run / "metrics.json").read_text())["steps"] == cfg.run.steps
     cfg.init.kind = "layout"  # four samples in one batch, each laid out
     assert init_splats(cfg, "a corgi", prior).num == cfg.init.num
@@ -166,13 +168,14 @@ def test_set_value_that_is_not_yaml_is_one_line(tiny_sets, tmp_path):
 def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_path, sigint_at):
     """Checkpoints are read on the CPU (RNG states must be CPU ByteTensors for set_state) and may carry a CUDA
     generator state, which a CPU resume ignores; the torch and camera RNG states come back exactly."""
-    from lodsgs.generate import Interrupted, read_checkpoint
+    from lodsgs.errors import Interrupted
+    from lodsgs.rundir import read_checkpoint
 
     cfg = cfg_for("lods-embedding", "pixel")
-    full = generate("a cube", cfg, tmp_path / "full", quiet=True)
+    full = api.run("a cube", cfg, tmp_path / "full", quiet=True).run_dir
     sigint_at(3)
     with pytest.raises(Interrupted):
-        generate("a cube", cfg, tmp_path, quiet=True)
+        api.run("a cube", cfg, tmp_path, quiet=True)
     ckpt = tmp_path / run_name("a cube", 0) / "checkpoints" / "last.pt"
     payload = torch.load(ckpt, weights_only=True)
     payload["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # as written on a GPU machine
@@ -180,13 +183,13 @@ def test_checkpoint_rng_states_restore_whatever_device_wrote_them(cfg_for, tmp_p
     ck = read_checkpoint(ckpt, cfg)
     assert all(ck[k].device.type == "cpu" and ck[k].dtype == torch.uint8 for k in ("torch_rng", "camera_rng"))
     torch.manual_seed(123)  # disturb the global generator: the resume must put it back
-    resumed = generate("a cube", cfg, tmp_path, quiet=True, resume=True)
+    resumed = api.run("a cube", cfg, tmp_path, quiet=True, resume=True).run_dir
     a, b = read_ply(full / "splats.ply"), read_ply(resumed / "splats.ply")
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
 
 
 def test_other_learning_rates_decay_to_their_final_fraction(cfg_for):
-    from lodsgs.generate import lrs
+    from lodsgs.trainer import lrs
 
     cfg = cfg_for("sds", "latent", "optim.others_final=0.1")
     start, end = lrs(cfg, 0), lrs(cfg, cfg.run.steps)
@@ -196,7 +199,7 @@ def test_other_learning_rates_decay_to_their_final_fraction(cfg_for):
 
 
 def test_opaque_loss_pushes_alpha_to_zero_or_one():
-    from lodsgs.generate import opaque_loss
+    from lodsgs.trainer import opaque_loss
 
     alpha = torch.tensor([0.01, 0.3, 0.5, 0.7]).view(1, 2, 2, 1).requires_grad_()
     opaque_loss(alpha).backward()
@@ -206,7 +209,7 @@ def test_opaque_loss_pushes_alpha_to_zero_or_one():
 
 
 def test_opaque_weight_changes_the_run(cfg_for, tmp_path):
-    plain = generate("a cube", cfg_for("sds", "pixel"), tmp_path / "a", quiet=True)
-    crisp = generate("a cube", cfg_for("sds", "pixel", "optim.opaque=1.0"), tmp_path / "b", quiet=True)
+    plain = api.run("a cube", cfg_for("sds", "pixel"), tmp_path / "a", quiet=True).run_dir
+    crisp = api.run("a cube", cfg_for("sds", "pixel", "optim.opaque=1.0"), tmp_path / "b", quiet=True).run_dir
     a, b = read_ply(plain / "splats.ply"), read_ply(crisp / "splats.ply")
     assert not torch.allclose(a.opacities, b.opacities)

@@ -196,7 +196,7 @@ def test_cpu_time_note_before_a_long_cpu_run(capsys):
 
     import torch
 
-    from lodsgs.generate import cpu_time_note
+    from lodsgs.trainer import cpu_time_note
 
     latent, pixel = SimpleNamespace(vae=object()), SimpleNamespace(vae=None)
     cpu_time_note(latent, torch.device("cpu"), 12.0, 2499)

@@ -68,7 +68,8 @@ def test_the_layout_start_splits_the_ball_only_where_the_sample_has_several_obje
     """init.kind=layout with the shipped prior: "left of" gets two balls apart; a single object keeps the
     ball start exactly (every parameter equal), so single-object results do not move."""
     from lodsgs.config import load_config
-    from lodsgs.generate import init_splats, load_prior
+    from lodsgs.starts import init_splats
+    from lodsgs.trainer import load_prior
 
     cfg = load_config(None, ["prior.model=shapes", "init.kind=layout"])
     prior = load_prior(cfg, "cpu")
@@ -89,7 +90,8 @@ def test_the_layout_start_is_the_ball_for_single_object_captions_at_seeds_0_to_2
     checks one caption per colour (every shape among them); ``make test-claims`` (LODSGS_EXHAUSTIVE=1) checks
     all 30 (about 6 minutes). Every (caption, seed) that differs is named."""
     from lodsgs.config import load_config
-    from lodsgs.generate import init_splats, load_prior
+    from lodsgs.starts import init_splats
+    from lodsgs.trainer import load_prior
 
     singles = [c for c in world.captions() if len(world.parse(c)) == 1]
     assert len(singles) == 30
@@ -118,7 +120,8 @@ def test_the_sample_start_lifts_the_prior_s_own_picture_of_the_caption():
     """init.kind=sample with the shipped prior: a red start where the prior draws the red sphere, left of a
     blue one, with no points in the gap."""
     from lodsgs.config import load_config
-    from lodsgs.generate import init_splats, load_prior
+    from lodsgs.starts import init_splats
+    from lodsgs.trainer import load_prior
 
     cfg = load_config(None, ["prior.model=shapes", "init.kind=sample", "init.num=500"])
     splats = init_splats(cfg, "a red sphere left of a blue cube", load_prior(cfg, "cpu"))
@@ -132,7 +135,7 @@ def test_the_sample_start_lifts_the_prior_s_own_picture_of_the_caption():
 def test_a_start_that_cannot_be_lifted_is_one_clear_error():
     from lodsgs.config import load_config
     from lodsgs.errors import LodsgsError
-    from lodsgs.generate import init_splats
+    from lodsgs.starts import init_splats
 
     class BlankPrior:  # a prior whose sample is all background
         def view_prompts(self, prompt, views):

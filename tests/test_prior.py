@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from lodsgs.errors import LodsgsError
 from lodsgs import names
+from lodsgs.errors import LodsgsError
 from lodsgs.prior.diffusion import DEFAULT_MODEL, DiffusionPrior, resolve_model
 
 

@@ -96,9 +96,10 @@ def test_reference_loss_alone_reproduces_the_reference_view(tmp_path):
     """Fitting only the reference loss (no prior) from the lifted reference: ≥ 30 dB at the reference view."""
     from lodsgs.eval import reference_input
     from lodsgs.fit import psnr_db
-    from lodsgs.generate import image_start, lrs
     from lodsgs.splats.model import make_optimizers
     from lodsgs.splats.render import render
+    from lodsgs.starts import image_start
+    from lodsgs.trainer import lrs
 
     cfg = load_config(None, ["prior.model=shapes", "image.recenter=false"])
     cfg.image.path = str(reference_input("a red cube", cfg, tmp_path))

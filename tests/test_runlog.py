@@ -6,8 +6,9 @@ import imageio.v2 as imageio
 import pytest
 from typer.testing import CliRunner
 
+from lodsgs import api
 from lodsgs.cli import app
-from lodsgs.generate import Interrupted, generate
+from lodsgs.errors import Interrupted
 from lodsgs.runlog import format_summary, read_records, summarize
 
 runner = CliRunner()
@@ -23,7 +24,7 @@ def without_seconds(records):
 @pytest.fixture(scope="module")
 def logged_run(tiny_config, tmp_path_factory):
     cfg = tiny_config("pixel", "run.log_every=2", "run.preview_every=3")
-    return generate(PROMPT, cfg, tmp_path_factory.mktemp("logged"), quiet=True)
+    return api.run(PROMPT, cfg, tmp_path_factory.mktemp("logged"), quiet=True).run_dir
 
 
 def test_generate_writes_log_and_previews(logged_run):
@@ -47,19 +48,19 @@ def test_generate_writes_log_and_previews(logged_run):
 
 def test_overwrite_starts_a_fresh_log(tiny_config, tmp_path):
     cfg = tiny_config("pixel", "run.steps=2", "run.log_every=1", "run.preview_every=1")
-    run = generate(PROMPT, cfg, tmp_path, quiet=True)
+    run = api.run(PROMPT, cfg, tmp_path, quiet=True).run_dir
     cfg.run.preview_every = 0
-    generate(PROMPT, cfg, tmp_path, quiet=True, overwrite=True)
+    api.run(PROMPT, cfg, tmp_path, quiet=True, overwrite=True)
     assert [r["step"] for r in read_records(run / "log.jsonl")] == [1, 2]
     assert not (run / "progress").exists()
 
 
 def test_resume_continues_the_log_without_duplicates(tiny_config, tmp_path, sigint_at):
     cfg = tiny_config("pixel", "run.log_every=1", "run.checkpoint_every=3")
-    full = read_records(generate(PROMPT, cfg, tmp_path / "full", quiet=True) / "log.jsonl")
+    full = read_records(api.run(PROMPT, cfg, tmp_path / "full", quiet=True).run_dir / "log.jsonl")
     sigint_at(4)
     with pytest.raises(Interrupted, match="interrupted at step 4"):
-        generate(PROMPT, cfg, tmp_path / "cut", quiet=True)
+        api.run(PROMPT, cfg, tmp_path / "cut", quiet=True)
     cut = next((tmp_path / "cut").iterdir())
     assert [r["step"] for r in read_records(cut / "log.jsonl")] == [1, 2, 3, 4]
     info = runner.invoke(app, ["info", str(cut)])  # an unfinished run with a log is summarized too
@@ -68,7 +69,7 @@ def test_resume_continues_the_log_without_duplicates(tiny_config, tmp_path, sigi
     # As if killed after logging past the checkpoint: a stale step 5 and a half-written step 6.
     with open(cut / "log.jsonl", "a") as f:
         f.write(json.dumps({**full[4], "sds": -1.0}) + "\n" + '{"step": 6, "t": 1')
-    generate(PROMPT, cfg, tmp_path / "cut", quiet=True, resume=True)
+    api.run(PROMPT, cfg, tmp_path / "cut", quiet=True, resume=True)
     resumed = read_records(cut / "log.jsonl")
     steps = [r["step"] for r in resumed]
     assert steps == [r["step"] for r in full] == [1, 2, 3, 4, 5, 6]

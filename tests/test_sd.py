@@ -102,8 +102,8 @@ def test_two_step_image_to_3d_run_on_stable_diffusion(sd, arch, tmp_path):
     import numpy as np
     from PIL import Image
 
+    from lodsgs import api
     from lodsgs.config import load_config
-    from lodsgs.generate import generate
     if arch != "sd21":
         pytest.skip("the image path is the same for every architecture: SD 2.1 checks it")
     prior, _, folder = sd
@@ -113,7 +113,7 @@ def test_two_step_image_to_3d_run_on_stable_diffusion(sd, arch, tmp_path):
     cfg = load_config("image_lods", [f"prior.model={folder}", f"image.path={tmp_path / 'ref.png'}", "run.steps=2",
                                      "run.batch=1", "camera.width=64", "camera.height=64", "init.num=300",
                                      "run.turntable_frames=2", "run.turntable_size=32", "run.device=cpu"])
-    run_dir = generate("a red cube", cfg, tmp_path / "runs", quiet=True, prior=prior)
+    run_dir = api.run("a red cube", cfg, tmp_path / "runs", quiet=True, prior=prior).run_dir
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert final["ref_rgb_mse"] > 0 and final["ref_mask_mse"] > 0 and "sds" in final, final
     assert (run_dir / "reference.png").is_file() and (run_dir / "splats.ply").is_file()

@@ -55,7 +55,7 @@ def test_objects_are_deterministic_and_coloured():
 
 
 def test_vocabulary_check_names_unknown_words():
-    from lodsgs.generate import unknown_words
+    from lodsgs.prompts import unknown_words
 
     assert unknown_words("a red cube, front view", world.vocabulary()) == []
     assert unknown_words("a fluffy corgi", world.vocabulary()) == ["fluffy", "corgi"]
@@ -111,17 +111,19 @@ def test_unknown_words_are_refused_with_the_vocabulary(tmp_path):
 @pytest.mark.slow
 def test_short_generation_matches_the_caption(tmp_path):
     """The default method (LODS-embedding) with the shapes prior's own budget: green, and cone-shaped."""
+    from lodsgs import api
     from lodsgs.config import load_config
     from lodsgs.eval import EvalViews, score, view_cameras
-    from lodsgs.generate import generate, init_splats, load_prior
     from lodsgs.prior.shapes.compare import side_by_side
     from lodsgs.prior.shapes.sanity import dominant_color, nearest_color_name
     from lodsgs.splats.io import read_ply
     from lodsgs.splats.render import render
+    from lodsgs.starts import init_splats
+    from lodsgs.trainer import load_prior
 
     cfg = load_config(None, ["prior.model=shapes", "run.turntable_frames=4"])
     prior = load_prior(cfg, "cpu")
-    run = generate("a green cone", cfg, tmp_path, quiet=True, prior=prior)
+    run = api.run("a green cone", cfg, tmp_path, quiet=True, prior=prior).run_dir
     splats, truth, views = read_ply(run / "splats.ply"), world.build_object("a green cone"), EvalViews(n=4)
     s = score(splats, truth, views, world.BACKGROUND)
     start = score(init_splats(cfg, "a green cone", prior), truth, views, world.BACKGROUND)
@@ -156,7 +158,7 @@ def test_prior_sanity_command_reports_each_caption(tmp_path):
     from lodsgs.cli import app
     out = tmp_path / "sanity.json"
     result = CliRunner().invoke(app, ["prior", "sanity", "--caption", "a red cube", "--caption", "a blue torus",
-                                      "--caption", "a cube", "--n", "2", "--json", str(out)])
+                                      "--caption", "a cube", "--samples", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "| a red cube |" in result.output and "| a blue torus |" in result.output
     rows = json.loads(out.read_text())["rows"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lodsgs import api
 from lodsgs.cli import app
 from lodsgs.errors import LodsgsError
-from lodsgs.generate import generate
 from lodsgs.splats.convention import flip_yz
 from lodsgs.splats.io import load_splats, write_ply
 from lodsgs.splats.model import Splats
@@ -156,7 +156,8 @@ def test_live_view_gets_the_splats_every_n_steps(tiny_cfg, tmp_path, monkeypatch
     viewer = Viewer("127.0.0.1", browser.free_port(), tiny_cfg.camera)
     pushed = counted_pushes(viewer, monkeypatch)
     try:
-        run = generate("a corgi", tiny_cfg, tmp_path, quiet=True, on_step=LiveView(viewer, tiny_cfg.run.view_every))
+        live = LiveView(viewer, tiny_cfg.run.view_every)
+        run = api.run("a corgi", tiny_cfg, tmp_path, quiet=True, on_step=live).run_dir
         assert len(pushed) == 6 // 2 + 1  # steps 2, 4, 6, and the final splats
         assert "done" in viewer.panel.content and "6 / 6" in viewer.panel.content
     finally:
@@ -180,7 +181,7 @@ def test_batch_live_view_shows_each_prompt(tiny_cfg, tmp_path, monkeypatch):
 
 
 def test_view_loads_runs_files_and_unfinished_runs(tiny_cfg, tmp_path, monkeypatch):
-    run = generate("a corgi", tiny_cfg, tmp_path, quiet=True)
+    run = api.run("a corgi", tiny_cfg, tmp_path, quiet=True).run_dir
     t = load_target(run)
     assert t.title == "a corgi" and t.facts["steps"] == 6 and len(t.checkpoints) == 2
     assert t.camera.eval_radius == tiny_cfg.camera.eval_radius and t.background == tuple(tiny_cfg.render.background)

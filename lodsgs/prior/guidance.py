@@ -57,7 +57,7 @@ class Guidance(nn.Module):
             raise LodsgsError(f"guidance_scale must be > 0, got {cfg.guidance_scale}")
         self.prior, self.cfg, self.prompt = prior, cfg, prompt
         self.generator = torch.Generator(device=prior.device).manual_seed(seed)
-        self.anneal_step = at_step(cfg.anneal_at, steps)  # the run's length (0: no anneal) turns the fraction into a step
+        self.anneal_step = at_step(cfg.anneal_at, steps)  # the run's length turns the fraction into a step (0: none)
         self.negative = prior.encode_text(cfg.negative_prompt)  # [1, tokens, width]
         self.register_parameter("embedding", None)
         self.lora: list[nn.Parameter] = []

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from lodsgs.errors import LodsgsError
-
 from lodsgs.names import LEGACY, NAMED, SD15, SD21, SHAPES_DIR, resolve_model  # noqa: F401  (re-exported)
 
 # the diffusers components as safetensors: SD repos also hold .ckpt, .bin, EMA and ONNX copies (GBs)
@@ -130,3 +129,34 @@ def cached_priors() -> list[tuple[str, str, str | None]]:
     """(short name or id, hub id, local snapshot or None) for every known Stable Diffusion prior and legacy id."""
     rows = [(name, repo, cached(repo)) for name, repo in (("sd21", SD21), ("sd15", SD15))]
     return rows + [(repo, repo, cached(repo)) for repo in LEGACY]
+
+
+def prior_table() -> str:
+    """``lodsgs prior list``: every named prior and whether its weights are here."""
+    try:
+        lines = [f"{'shapes':52s} shipped: {resolve_model('shapes')}"]
+    except LodsgsError as e:
+        lines = [f"{'shapes':52s} unavailable: {e}"]
+    for name, repo, folder in cached_priors():
+        label = f"{name} ({repo})" if name != repo else f"{repo} (legacy id)"
+        if folder:
+            lines.append(f"{label:52s} cached, {human_size(folder_size(folder))}: {folder}")
+        elif name == repo:
+            lines.append(f"{label:52s} not cached (its mirror is used)")
+        else:
+            lines.append(f"{label:52s} not cached: `lodsgs prior download {name}`")
+    return "\n".join(lines + [f"Hugging Face cache: {cache_dir()}"])
+
+
+def download_prior(name: str, revision: str = "", fp16: bool | None = None, to: Path | None = None) -> str:
+    """``lodsgs prior download``: a named prior or hub id into the cache (or the folder ``to``); its size and
+    folder as one line. fp16 None: the fp16 files on a CUDA machine."""
+    model = resolve_model(name)
+    if name == "shapes" or model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).exists():
+        raise LodsgsError(f"{name!r} is not a hub id; `prior download` takes sd21, sd15 or an owner/name hub id")
+    repo = LEGACY.get(model, model)
+    if fp16 is None:
+        import torch
+        fp16 = torch.cuda.is_available()
+    folder = download(repo, revision or None, fp16, str(to) if to else None)
+    return f"{repo}: {human_size(folder_size(folder))} in {folder}"

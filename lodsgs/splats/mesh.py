@@ -26,7 +26,6 @@ from lodsgs.config import MeshConfig, need_mesh_libraries  # noqa: F401  (re-exp
 from lodsgs.errors import LodsgsError
 from lodsgs.splats.model import Splats
 
-MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
 SEAL = 8  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
 STRUT = 1  # cells: solid parts thinner than 2·STRUT cells (bridges of stray Gaussians) are dropped
 MARGIN = SEAL + 2  # empty cells around the splats, so the closing and the surface never touch the grid's edge

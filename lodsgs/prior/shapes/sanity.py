@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -69,3 +70,31 @@ def sanity_report(prior: DiffusionPrior, captions: list[str] | None = None, n: i
             row["shapes"] = dict(Counter(world.parse(modes[i])[0][1] for i in nearest.tolist()).most_common())
         rows.append(row)
     return rows
+
+
+def sanity_cli(captions: list[str] | None, prior: str = "shapes", samples: int = 4, guidance_scale: float = 3.0,
+               json_out: Path | None = None) -> str:
+    """``lodsgs prior sanity``: the report as a Markdown table (and, with ``json_out``, as JSON)."""
+    import json
+
+    from lodsgs.errors import LodsgsError
+    from lodsgs.files import write_text
+    from lodsgs.names import resolve_model
+    from lodsgs.prior.shapes import world
+
+    unknown = [c for c in captions or [] if c not in world.all_captions()]
+    if unknown:
+        raise LodsgsError(f"not shapes-world captions: {unknown}; see `lodsgs prior captions`")
+    rows = sanity_report(DiffusionPrior.from_pretrained(resolve_model(prior)), captions or None, n=samples,
+                         cfg=guidance_scale)
+    keys = ("nearest_view_mse", "color_match", "background_error")
+    lines = ["| caption | nearest-view MSE | colour match | background error | samples' colours / shapes |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        modes = "; ".join(", ".join(f"{k} {v}" for k, v in r[h].items()) for h in ("colors", "shapes") if h in r)
+        lines.append(f"| {r['caption']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | {modes or '–'} |")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    lines.append(f"| **mean of {len(rows)}** | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + " | |")
+    if json_out:
+        write_text(json_out, json.dumps({"rows": rows, "mean": mean, "n": samples, "cfg": guidance_scale}, indent=2))
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,6 +106,24 @@ def export(out: Path, unet, text, tokenizer, sched) -> None:
                                                     indent=1))
 
 
+@dataclass
+class TrainOptions:
+    """What ``lodsgs prior train-shapes`` (and ``python -m lodsgs.prior.shapes.train``) takes."""
+
+    out: Path
+    work: Path | None = None
+    steps: int = 7000
+    minutes: float | None = None
+    batch: int = 32
+    lr: float = 4e-4
+    seed: int = 0
+    views: int = 96
+    resume: bool = False
+    weighting: str = "v"
+    underspecified: float = UNDERSPECIFIED_PROB
+    init: Path | None = None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="final diffusers folder")
@@ -129,7 +148,11 @@ def main(argv: list[str] | None = None) -> None:
                          "colour alone ('a red shape'); 0 trains full captions only")
     ap.add_argument("--init", type=Path, default=None,
                     help="warm-start from an exported weights folder (fresh optimizer), e.g. the shipped prior")
-    args = ap.parse_args(argv)
+    train(TrainOptions(**vars(ap.parse_args(argv))))
+
+
+def train(args: TrainOptions) -> None:
+    """Train (or resume) the shapes prior and export it to ``args.out`` in the diffusers layout."""
     from rich.progress import Progress
 
     torch.manual_seed(args.seed)

@@ -1,0 +1,153 @@
+"""The library's front door: ``lodsgs.generate`` / ``lodsgs.image`` / ``lodsgs.edit`` return results in memory
+(like a diffusers pipeline's output); ``out=`` opts into a run folder (checkpoints, outputs, resume). ``run`` and
+``run_or_resume`` are what the CLI, batch, Ray and eval call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lodsgs.config import Config, load_config
+from lodsgs.errors import LodsgsError
+from lodsgs.names import resolve_model
+from lodsgs.prior.diffusion import DiffusionPrior
+from lodsgs.prompts import check_prompt
+from lodsgs.rundir import (
+    LAST_CHECKPOINT,
+    RunFolder,
+    checked_run_dir,
+    finished,
+    open_run_dir,
+    read_checkpoint,
+    resumable,
+    run_name,
+    write_outputs,
+)
+from lodsgs.splats.model import Splats
+from lodsgs.trainer import (
+    Interrupted,
+    State,
+    StepReport,
+    build_state,
+    load_checkpoint,
+    load_prior,
+    peak_memory_mb,
+    resolve_device,
+    train,
+)
+
+
+@dataclass
+class GenerateOutput:
+    """A finished generation: the splats, the log records (as log.jsonl holds them: every run.log_every steps
+    and the last), its metrics, the settings it ran with, and its run folder (None when nothing was written)."""
+
+    splats: Splats
+    log: list[dict]
+    metrics: dict
+    config: Config
+    run_dir: Path | None = None
+
+
+def settings_overrides(prior: str | None = None, steps: int | None = None, seed: int | None = None,
+                       device: str | None = None, image: str | Path | None = None, init: str | Path | None = None,
+                       **sections: dict[str, Any]) -> list:
+    """The shortcuts every entry point shares, as load_config overrides (names and paths taken literally):
+    ``--prior``, ``--steps``, ``--seed``, ``--device``, ``--image`` (its lifted reference is the start unless
+    ``init`` or the sections say otherwise), ``--init`` (a .ply start), then whole sections as mappings, e.g.
+    ``guidance={"guidance_scale": 500}``."""
+    items: list = [("prior.model", prior)] if prior else []
+    items += [(f"run.{k}", v) for k, v in (("steps", steps), ("seed", seed), ("device", device)) if v is not None]
+    if init is not None:
+        items += [("init.kind", "ply"), ("init.path", str(init))]
+    if image is not None:
+        starts = init is not None or "kind" in sections.get("init", {})
+        items += [("image.path", str(image))] + ([] if starts else [("init.kind", "image")])
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise LodsgsError(f"setting {section}={values!r}: give a section as a mapping, e.g. "
+                              f"{section}={{'key': value}}")
+        items += [(f"{section}.{key}", value) for key, value in values.items()]
+    return items
+
+
+def generate(prompt: str, prior: str | None = None, steps: int | None = None, seed: int | None = None,
+             image: str | Path | None = None, out: str | Path | None = None, config: str | None = None,
+             device: str | None = None, quiet: bool = True, **sections: dict[str, Any]) -> GenerateOutput:
+    """Generate splats for ``prompt`` and return them. ``prior``: ``shapes`` (offline), ``sd21`` (the default),
+    a hub id or a folder; ``config``: a preset name or YAML file; ``sections``: settings by section, e.g.
+    ``guidance={"guidance_scale": 500}``. With ``out`` (a parent folder) the run is written as ``lodsgs generate
+    --out`` writes it; without, nothing is written anywhere."""
+    cfg = load_config(config, settings_overrides(prior, steps, seed, device, image, **sections))
+    return run(prompt, cfg, Path(out) if out is not None else None, quiet=quiet)
+
+
+def run(prompt: str, cfg: Config, out: Path | None = None, resume: bool = False, overwrite: bool = False,
+        quiet: bool = False, prior: DiffusionPrior | None = None, on_step: Callable[[StepReport], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> GenerateOutput:
+    """Run one prompt to completion (or to an interrupt). ``out`` None: in memory only. Else ``out/<run name>``
+    gets checkpoints on schedule (Interrupted saves one first), then the outputs; everything that can refuse the
+    inputs (prompt, prior, init file, checkpoint) runs before the folder is touched. ``on_step`` (the CLI's live
+    view) gets a StepReport after every step and once more when done; ``should_stop`` (a Ray batch's
+    cancellation flag) stops the run like Ctrl-C."""
+    check_prompt(prompt, resolve_model(cfg.prior.model), cfg.prior.model)
+    device = resolve_device(cfg.run.device)
+    run_dir = None if out is None else checked_run_dir(out, run_name(prompt, cfg.run.seed, cfg.image.path), resume,
+                                                       overwrite)
+    saved = read_checkpoint(run_dir / LAST_CHECKPOINT, cfg) if run_dir is not None and resume else None
+    s = start_state(cfg, prompt, prior or load_prior(cfg, device), device, saved)
+    if run_dir is None:
+        log = train(cfg, s, device, prompt, quiet, on_step, should_stop)
+        metrics = {"prompt": prompt, "steps": s.step, "seconds": round(s.seconds, 3), "gaussians": s.splats.num,
+                   "peak_memory_mb": peak_memory_mb(device)}
+    else:
+        log, metrics = run_in_folder(cfg, s, run_dir, prompt, device, resume, quiet, on_step, should_stop)
+    if on_step is not None:
+        on_step(StepReport(prompt, s.step, cfg.run.steps, s.splats, s.logs, cfg.camera, done=True, state=s))
+    return GenerateOutput(s.splats, log, metrics, cfg, run_dir)
+
+
+def run_in_folder(cfg: Config, s: State, run_dir: Path, prompt: str, device: torch.device, resume: bool,
+                  quiet: bool, on_step: Callable[[StepReport], None] | None,
+                  should_stop: Callable[[], bool] | None) -> tuple[list[dict], dict]:
+    """The trainer with the run folder's persistence; the outputs once it finishes. Returns (log, metrics)."""
+    open_run_dir(run_dir, cfg, prompt, fresh=not resume)
+    if s.reference is not None:
+        from lodsgs.media import save_png, to_uint8
+        save_png(to_uint8(s.reference.rgb), run_dir / "reference.png")
+    with RunFolder(run_dir, cfg, resume_step=s.step if resume else None) as folder:
+        def persist_then(report: StepReport) -> None:
+            folder(report)
+            if on_step is not None:
+                on_step(report)
+        try:
+            log = train(cfg, s, device, prompt, quiet, persist_then, should_stop)
+        except Interrupted:
+            raise Interrupted(folder.interrupted(s)) from None
+    return log, write_outputs(s, cfg, run_dir, prompt, device, s.logs)
+
+
+def start_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,
+                saved: dict | None) -> State:
+    """A fresh run's state, or with ``saved`` (a read_checkpoint() payload) the state it was saved in."""
+    start = Splats(saved["splats"], sh_degree=saved["sh_degree"]) if saved is not None else None
+    s = build_state(cfg, prompt, prior, device, start)
+    if saved is not None:
+        load_checkpoint(s, saved, cfg, device)
+    return s
+
+
+def run_or_resume(prompt: str, cfg: Config, out: Path, **kwargs: Any) -> tuple[Path, str]:
+    """The one "skip, resume or start" of batch, Ray and eval: a folder holding a finished run of these settings
+    (config hash) is kept; an interrupted one is resumed; else the run starts again. Returns the run folder and
+    "finished", "resumed" or "started"."""
+    run_dir = out / run_name(prompt, cfg.run.seed, cfg.image.path)
+    if finished(run_dir, cfg):
+        return run_dir, "finished"
+    resume = resumable(run_dir, cfg)
+    run(prompt, cfg, out, resume=resume, overwrite=True, **kwargs)
+    return run_dir, "resumed" if resume else "started"
