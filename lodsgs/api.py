@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from lodsgs.config import Config, load_config
-from lodsgs.errors import LodsgsError
+from lodsgs.config import Config, load_config, settings_overrides
 from lodsgs.names import resolve_model
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prompts import check_prompt
@@ -51,28 +50,6 @@ class GenerateOutput:
     metrics: dict
     config: Config
     run_dir: Path | None = None
-
-
-def settings_overrides(prior: str | None = None, steps: int | None = None, seed: int | None = None,
-                       device: str | None = None, image: str | Path | None = None, init: str | Path | None = None,
-                       **sections: dict[str, Any]) -> list:
-    """The shortcuts every entry point shares, as load_config overrides (names and paths taken literally):
-    ``--prior``, ``--steps``, ``--seed``, ``--device``, ``--image`` (its lifted reference is the start unless
-    ``init`` or the sections say otherwise), ``--init`` (a .ply start), then whole sections as mappings, e.g.
-    ``guidance={"guidance_scale": 500}``."""
-    items: list = [("prior.model", prior)] if prior else []
-    items += [(f"run.{k}", v) for k, v in (("steps", steps), ("seed", seed), ("device", device)) if v is not None]
-    if init is not None:
-        items += [("init.kind", "ply"), ("init.path", str(init))]
-    if image is not None:
-        starts = init is not None or "kind" in sections.get("init", {})
-        items += [("image.path", str(image))] + ([] if starts else [("init.kind", "image")])
-    for section, values in sections.items():
-        if not isinstance(values, dict):
-            raise LodsgsError(f"setting {section}={values!r}: give a section as a mapping, e.g. "
-                              f"{section}={{'key': value}}")
-        items += [(f"{section}.{key}", value) for key, value in values.items()]
-    return items
 
 
 def generate(prompt: str, prior: str | None = None, steps: int | None = None, seed: int | None = None,

@@ -17,7 +17,33 @@ except ImportError:
 
 from lodsgs.errors import Interrupted, LodsgsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The app's group: every usage error (unknown option, missing argument, a bad value) is one line
+    ``lodsgs: error: ...`` with exit code 2, as the commands' own errors are, not Click's framed box."""
+
+    def main(self, args=None, prog_name=None, standalone_mode: bool = True, **extra):
+        try:
+            code = super().main(args=args, prog_name="lodsgs", standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # `lodsgs` alone, `lodsgs prior`: the help
+            typer.echo(e.ctx.get_help())
+            code = 0
+        except UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "lodsgs"
+            typer.echo(f"lodsgs: error: {e.format_message()} (see `{command} --help`)", err=True)
+            code = 2
+        except typer.Abort:  # Ctrl-C outside a run
+            code = 130
+        except LodsgsError as e:  # raised outside a command body
+            typer.echo(f"lodsgs: error: {e}", err=True)
+            code = 2
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Text-to-3D Gaussian splatting under a diffusion prior with LODS.")
 prior_app = typer.Typer(no_args_is_help=True, help="Diffusion priors: list them, train the offline shapes prior.")
 app.add_typer(prior_app, name="prior")
@@ -72,8 +98,7 @@ def friendly(fn):
 
 def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None, image=None, **kwargs):
     """The shortcuts (--prior, --seed, --steps, --device, --init, --image), then --set, through load_config."""
-    from lodsgs.api import settings_overrides
-    from lodsgs.config import load_config
+    from lodsgs.config import load_config, settings_overrides
     items = settings_overrides(prior, steps, seed, device.value if device else None, image, init)
     return load_config(config, items + list(sets or []), **kwargs)
 
@@ -504,22 +529,6 @@ def optional_ray_address(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The ``lodsgs`` entry point: every usage error (unknown option, missing argument, a bad value) is one line
-    ``lodsgs: error: ...`` with exit code 2, as the commands' own errors are."""
-    args = optional_ray_address(sys.argv[1:] if argv is None else argv)
-    try:
-        code = app(args=args, prog_name="lodsgs", standalone_mode=False)
-    except NoArgsIsHelpError as e:  # `lodsgs` alone, `lodsgs prior`: the help, exit 0
-        typer.echo(e.ctx.get_help())
-        code = 0
-    except UsageError as e:
-        command = e.ctx.command_path if e.ctx is not None else "lodsgs"
-        print(f"lodsgs: error: {e.format_message()} (see `{command} --help`)", file=sys.stderr)
-        code = 2
-    except typer.Abort:  # Ctrl-C outside a run
-        code = 130
-    except LodsgsError as e:  # raised outside a command body
-        print(f"lodsgs: error: {e}", file=sys.stderr)
-        code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+def main() -> None:
+    """The ``lodsgs`` console script (``--ray`` alone means a local Ray)."""
+    app(args=optional_ray_address(sys.argv[1:]), prog_name="lodsgs")

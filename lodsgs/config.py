@@ -323,6 +323,28 @@ def read_yaml(path: Path) -> tuple[dict, str]:
     return data, str(path)
 
 
+def settings_overrides(prior: str | None = None, steps: int | None = None, seed: int | None = None,
+                       device: str | None = None, image: str | Path | None = None, init: str | Path | None = None,
+                       **sections: dict[str, Any]) -> list:
+    """The shortcuts every entry point shares, as load_config overrides (names and paths taken literally):
+    ``--prior``, ``--steps``, ``--seed``, ``--device``, ``--image`` (its lifted reference is the start unless
+    ``init`` or the sections say otherwise), ``--init`` (a .ply start), then whole sections as mappings, e.g.
+    ``guidance={"guidance_scale": 500}``."""
+    items: list = [("prior.model", prior)] if prior else []
+    items += [(f"run.{k}", v) for k, v in (("steps", steps), ("seed", seed), ("device", device)) if v is not None]
+    if init is not None:
+        items += [("init.kind", "ply"), ("init.path", str(init))]
+    if image is not None:
+        starts = init is not None or "kind" in sections.get("init", {})
+        items += [("image.path", str(image))] + ([] if starts else [("init.kind", "image")])
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise LodsgsError(f"setting {section}={values!r}: give a section as a mapping, e.g. "
+                              f"{section}={{'key': value}}")
+        items += [(f"{section}.{key}", value) for key, value in values.items()]
+    return items
+
+
 def literal_override(key: str, value: Any) -> dict[str, Any]:
     """``("init.path", "scan #2.ply")`` -> {"init": {"path": "scan #2.ply"}}: the value taken as given, not as
     YAML (paths may hold ``#``, ``[`` or ``:``)."""

@@ -92,27 +92,26 @@ def commands_table() -> str:
 # --- presets -------------------------------------------------------------------------------------------
 
 def leading_comment(path: Path) -> str:
-    """The comment lines a YAML file opens with, on one line."""
+    """The first sentence of the comment a YAML file opens with, on one line."""
     lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
-    return " ".join(lines)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", " ".join(lines), maxsplit=1)[0]
 
 
 def presets_table() -> str:
-    """Every preset of ``lodsgs.config.PRESET_DIR``: what it runs (its resolved settings, no prior profile) and
-    the comment it opens with."""
-    from lodsgs.config import DEFAULT_PRESET, PRESET_DIR, load_config, presets
+    """Every preset of ``lodsgs.config.PRESET_DIR``: what it runs (its settings over the defaults, no prior
+    profile, not validated: 2D presets may name a 2D-only method) and the first sentence of its opening comment."""
+    from lodsgs.config import DEFAULT_PRESET, PRESET_DIR, merged, presets, read_yaml
 
-    rows = ["| preset | method | steps × views, size | description |", "|---|---|---|---|"]
+    rows = ["| preset | method | steps | description |", "|---|---|---|---|"]
     for name in presets():
-        cfg = load_config(name, profile=False)
+        cfg = merged([read_yaml(PRESET_DIR / f"{name}.yaml")])
         label = f"`{name}`" + (" (default)" if name == DEFAULT_PRESET else "")
-        run = f"{cfg.run.steps:,} × {cfg.run.batch}, {cfg.camera.width}×{cfg.camera.height}"
         about = cell(leading_comment(PRESET_DIR / f"{name}.yaml"))
-        rows.append(f"| {label} | {cfg.guidance.method} | {run} | {about} |")
+        rows.append(f"| {label} | {cfg.guidance.method} | {cfg.run.steps:,} | {about} |")
     return "\n".join(rows)
 
 

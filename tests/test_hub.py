@@ -120,7 +120,7 @@ def test_revision_is_passed_to_the_hub(monkeypatch, hf_cache):
                                                 "prior.model=/path/to/folder", "lodsgs prior download"]),
     (LocalEntryNotFoundError("connection"), False, ["cannot be reached", "prior.model=/path/to/folder"]),
     (OSError(errno.ENOSPC, "No space left on device", "/cache/blobs/x.incomplete"), False,
-     ["disk full", "/cache/blobs", "resumes", "--to DIR"]),
+     ["disk full", "/cache/blobs", "resumes", "--out DIR"]),
     (RuntimeError("Hub answered 500\nmore"), False, ["Hub answered 500", "prior.model=/path/to/folder"]),
 ])
 def test_each_hub_failure_is_its_own_line(monkeypatch, hf_cache, err, offline, fragments):
@@ -152,7 +152,7 @@ def test_prior_download_fetches_fp16_when_the_repo_has_it(monkeypatch, tmp_path)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: seen.append(kw) or str(folder))
     files = ["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"]
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo, revision=None: files)
-    result = runner.invoke(app, ["prior", "download", "sd21", "--fp16", "--to", str(tmp_path / "shared")])
+    result = runner.invoke(app, ["prior", "download", "sd21", "--fp16", "--out", str(tmp_path / "shared")])
     assert result.exit_code == 0, result.output
     assert seen[0]["allow_patterns"] == hub.PATTERNS["fp16"] and seen[0]["local_dir"] == str(tmp_path / "shared")
     assert f"{hub.SD21}: 2.5 MB in {folder}" in result.output

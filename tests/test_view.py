@@ -135,7 +135,7 @@ def test_export_cli_converts_between_every_format(tmp_path):
         assert back.num == s.num
     assert (load_splats(tmp_path / "b.ply").means - s.means).abs().max() < 1e-3
     result = runner.invoke(app, ["export", str(tmp_path / "a.spz"), "-f", "spz"])
-    assert result.exit_code == 2 and "already a .spz file" in result.output
+    assert result.exit_code == 2 and "is the input; give --out" in result.output
 
 
 

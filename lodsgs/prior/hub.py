@@ -102,7 +102,7 @@ def hub_error(repo_id: str, err: Exception, revision: str | None = None) -> Lods
         where = f"folder {Path(err.filename).parent}" if getattr(err, "filename", None) else cache_dir()
         return LodsgsError(f"disk full while downloading {repo_id!r} into {where}; free space and rerun (the "
                            "download resumes), or download to a bigger disk: HF_HUB_CACHE=/big/disk, or "
-                           f"`lodsgs prior download {repo_id} --to DIR` and --prior DIR")
+                           f"`lodsgs prior download {repo_id} --out DIR` and --prior DIR")
     if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         why = ("Hugging Face Hub access is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE
                else "the Hugging Face Hub cannot be reached")
