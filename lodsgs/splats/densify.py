@@ -113,7 +113,7 @@ class DefaultDensify:
         state["pruned"] += self._prune(params, optimizers, state, step)
         state["grad2d"].zero_()
         state["count"].zero_()
-        torch.cuda.empty_cache()  # as gsplat: the grown tensors replaced larger-or-smaller ones
+        torch.cuda.empty_cache()  # as gsplat: hand back the memory of the replaced tensors
 
     def grow_threshold(self, state: dict) -> float:
         """``grow_grad2d``, or the ``grow_quantile`` of the mean gradients of the Gaussians seen since the last
@@ -139,7 +139,8 @@ class DefaultDensify:
         return n_dupli + n_split
 
     def _prune(self, params: Params, optimizers: dict, state: dict, step: int) -> int:
-        """Remove the nearly transparent Gaussians and, once past the first reset period, the too large."""
+        """Remove the nearly transparent Gaussians and, past the first reset step (no reset: past
+        max(refine_start, 1)), the too large: 3DGS prunes by size only after its first opacity reset."""
         prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
         if step > (self.reset_every if self.reset_every > 0 else max(self.refine_start, 1)):
             prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
