@@ -216,7 +216,7 @@ def render(
                                              "the splats).")] = None,
 ) -> None:
     """Render a turntable GIF (and MP4 if ffmpeg is installed) of a run or a splat file."""
-    from lodsgs.media import render_turntable
+    from lodsgs.summary import render_turntable
     typer.echo(f"wrote {render_turntable(run_dir, frames, size, out)}")
 
 

@@ -324,18 +324,19 @@ def read_yaml(path: Path) -> tuple[dict, str]:
 
 
 def settings_overrides(prior: str | None = None, steps: int | None = None, seed: int | None = None,
-                       device: str | None = None, image: str | Path | None = None, init: str | Path | None = None,
-                       **sections: dict[str, Any]) -> list:
+                       device: str | None = None, image: str | Path | None = None,
+                       start_ply: str | Path | None = None, **sections: dict[str, Any]) -> list:
     """The shortcuts every entry point shares, as load_config overrides (names and paths taken literally):
     ``--prior``, ``--steps``, ``--seed``, ``--device``, ``--image`` (its lifted reference is the start unless
-    ``init`` or the sections say otherwise), ``--init`` (a .ply start), then whole sections as mappings, e.g.
+    ``start_ply`` or the sections say otherwise), ``--init`` (``start_ply``: a .ply start), then whole sections as
+    mappings, e.g.
     ``guidance={"guidance_scale": 500}``."""
     items: list = [("prior.model", prior)] if prior else []
     items += [(f"run.{k}", v) for k, v in (("steps", steps), ("seed", seed), ("device", device)) if v is not None]
-    if init is not None:
-        items += [("init.kind", "ply"), ("init.path", str(init))]
+    if start_ply is not None:
+        items += [("init.kind", "ply"), ("init.path", str(start_ply))]
     if image is not None:
-        starts = init is not None or "kind" in sections.get("init", {})
+        starts = start_ply is not None or "kind" in sections.get("init", {})
         items += [("image.path", str(image))] + ([] if starts else [("init.kind", "image")])
     for section, values in sections.items():
         if not isinstance(values, dict):

@@ -104,19 +104,3 @@ def write_progress(splats: Splats, cfg, run_dir: Path, step: int) -> Path:
     save_png(grid(views), path)
     return path
 
-
-def render_turntable(target: Path, frames: int = 36, size: int = 256, out: Path | None = None) -> Path:
-    """``lodsgs render``: a turntable GIF (and MP4 when ffmpeg is there) of a run folder or a splat file, at the
-    run's eval camera; written beside it unless ``out``. Returns the GIF's path."""
-    from lodsgs.errors import LodsgsError
-    from lodsgs.summary import load_run
-    if frames < 1 or size < 8 or frames > 3600 or size > 4096:
-        raise LodsgsError(f"--frames must be 1..3600 and --size 8..4096 pixels; got --frames {frames} --size {size}")
-    if out is not None and out.suffix.lower() != ".gif":
-        raise LodsgsError(f"--out {str(out)!r} must end in .gif")
-    cfg, splats, folder = load_run(target)
-    gif = out or folder / "turntable.gif"
-    images = turntable(splats, cfg.camera, frames, size, cfg.render.background)
-    save_gif(images, gif)
-    save_mp4(images, gif.with_suffix(".mp4"))
-    return gif

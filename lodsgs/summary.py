@@ -70,8 +70,8 @@ def is_mesh_file(path: Path) -> bool:
 def load_run(path: Path) -> tuple[Config, Any, Path]:
     """(settings, splats, folder) of a run folder (its config.yaml and splats.ply) or of a splat file (the
     default settings, the file's folder)."""
-    from lodsgs.splats.io import load_splats
     must_exist(path)
+    from lodsgs.splats.io import load_splats
     if path.is_dir():
         ply, cfg_file = path / "splats.ply", path / "config.yaml"
         if not ply.exists():
@@ -79,3 +79,19 @@ def load_run(path: Path) -> tuple[Config, Any, Path]:
         cfg = load_config(str(cfg_file)) if cfg_file.exists() else Config()
         return cfg, load_splats(ply), path
     return Config(), load_splats(path), path.parent
+
+
+def render_turntable(target: Path, frames: int = 36, size: int = 256, out: Path | None = None) -> Path:
+    """``lodsgs render``: a turntable GIF (and MP4 when ffmpeg is there) of a run folder or a splat file, at the
+    run's eval camera; written beside it unless ``out``. Returns the GIF's path."""
+    if frames < 1 or size < 8 or frames > 3600 or size > 4096:
+        raise LodsgsError(f"--frames must be 1..3600 and --size 8..4096 pixels; got --frames {frames} --size {size}")
+    if out is not None and out.suffix.lower() != ".gif":
+        raise LodsgsError(f"--out {str(out)!r} must end in .gif")
+    cfg, splats, folder = load_run(target)
+    from lodsgs.media import save_gif, save_mp4, turntable
+    gif = out or folder / "turntable.gif"
+    images = turntable(splats, cfg.camera, frames, size, cfg.render.background)
+    save_gif(images, gif)
+    save_mp4(images, gif.with_suffix(".mp4"))
+    return gif

@@ -137,13 +137,14 @@ def test_two_step_image_and_edit_on_stable_diffusion(sd, arch, tmp_path):
     made = CliRunner().invoke(app, ["image", "a red cube", "--particles", "1", "--out", str(tmp_path / "image"),
                                     *common])
     assert made.exit_code == 0, made.output
-    assert Image.open(tmp_path / "image" / "image.png").size == (512, 512)
+    assert Image.open(tmp_path / "image" / "image-a-red-cube-0" / "image.png").size == (512, 512)
     picture = np.full((256, 256, 3), 255, np.uint8)
     picture[64:192, 64:192] = (200, 30, 30)
     Image.fromarray(picture).save(tmp_path / "red.png")
     edited = CliRunner().invoke(app, ["edit", str(tmp_path / "red.png"), "--source", "a red cube", "--target",
                                       "a blue cube", "--out", str(tmp_path / "edit"), *common])
     assert edited.exit_code == 0, edited.output
-    assert Image.open(tmp_path / "edit" / "edited.png").size == (512, 512)
-    metrics = json.loads((tmp_path / "edit" / "metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["config"]["method"] == "lods"
+    run_dir = tmp_path / "edit" / "edit-a-blue-cube-0"  # --out is the parent folder
+    assert Image.open(run_dir / "edited.png").size == (512, 512)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["config"]["guidance"]["method"] == "lods-embedding"

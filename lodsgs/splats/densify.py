@@ -81,9 +81,12 @@ class DefaultDensify:
         if step > self.refine_stop:
             return
         if info["means2d"].grad is not None:
+            # the quantile threshold is read before this step's gradients join the statistics: the timing the
+            # shapes profile was tuned with (its measured results depend on it)
+            threshold = self.grow_threshold(state) if self.is_refine(step) else None
             self._accumulate(params, state, info, packed)
-            if self.is_refine(step):
-                self._refine(params, optimizers, state, step)
+            if threshold is not None:
+                self._refine(params, optimizers, state, step, threshold)
         if self.is_reset(step):
             reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
@@ -106,10 +109,10 @@ class DefaultDensify:
         state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
 
     @torch.no_grad()
-    def _refine(self, params: Params, optimizers: dict, state: dict, step: int) -> None:
+    def _refine(self, params: Params, optimizers: dict, state: dict, step: int, threshold: float) -> None:
         """Grow (unless at the cap), prune, count both in the state and zero the statistics."""
         if len(params["means"]) < self.max_gaussians:
-            state["grown"] += self._grow(params, optimizers, state, self.grow_threshold(state))
+            state["grown"] += self._grow(params, optimizers, state, threshold)
         state["pruned"] += self._prune(params, optimizers, state, step)
         state["grad2d"].zero_()
         state["count"].zero_()
@@ -118,9 +121,9 @@ class DefaultDensify:
     def grow_threshold(self, state: dict) -> float:
         """``grow_grad2d``, or the ``grow_quantile`` of the mean gradients of the Gaussians seen since the last
         refine: scale-free, as LODS divides the gradient by ω (a fixed threshold means another thing per method)."""
-        seen = state["count"] > 0
-        if self.grow_quantile <= 0 or not seen.any():
+        if self.grow_quantile <= 0 or state["count"] is None or not (state["count"] > 0).any():
             return self.grow_grad2d
+        seen = state["count"] > 0
         mean = state["grad2d"][seen] / state["count"][seen]
         return torch.quantile(mean.float(), self.grow_quantile).item()
 

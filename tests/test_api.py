@@ -1,0 +1,79 @@
+"""The library from Python (``lodsgs.generate`` in memory) and the CLI's fast, one-line error paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+HEAVY = ("torch", "diffusers", "gsplat", "transformers")
+
+
+def run_python(code: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def test_import_lodsgs_loads_no_torch(tmp_path):
+    code = ("import sys, lodsgs; assert callable(lodsgs.__getattr__); "
+            f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}); assert not loaded, loaded")
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["info", "no-such-run"], "no such file or folder: 'no-such-run'"),
+    (["export", "no-such.ply", "--format", "splat"], "no such file or folder"),
+    (["render", "no-such-run"], "no such file or folder"),
+    (["generate", "a red cube", "--set", "bogus.key=1"], "unknown config key 'bogus'"),
+    (["generate", "a red cube", "--set", "guidance.guidance_scale=.nan"], "a finite number"),
+    (["generate", "a red cube", "--bogus"], "No such option: --bogus"),
+    (["generate"], "Missing argument 'prompt'"),
+    (["generate", "a red cube", "--device", "tpu"], "Invalid value for '--device'"),
+    (["generate", "a red cube", "--seed", "1180591620717411303424"], "Invalid value for '--seed'"),
+    (["view", "a-run", "--port", "99999"], "Invalid value for '--port'"),
+])
+def test_an_error_is_one_line_exit_2_without_torch(args, fragment, tmp_path):
+    """Every error path prints one ``lodsgs: error:`` line, exits 2, imports no torch and writes nothing."""
+    code = ("import sys\nfrom lodsgs.cli import app\n"
+            f"try:\n    app(args={args!r}, prog_name='lodsgs')\nexcept SystemExit as e:\n    code = e.code\n"
+            f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})\n"
+            "print('EXIT', code, 'HEAVY', loaded)")
+    start = time.perf_counter()
+    result = run_python(code, tmp_path)
+    seconds = time.perf_counter() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lodsgs: error:") and fragment in lines[0], result.stderr
+    assert "EXIT 2 HEAVY []" in result.stdout, result.stdout
+    assert not list(tmp_path.iterdir())
+    assert seconds < 10  # the point is well under a second; a loaded CI box gets slack, torch alone takes ~3 s
+
+
+def test_generate_from_python_returns_splats_and_writes_nothing(tiny_prior_dirs, tmp_path):
+    """``lodsgs.generate(...)`` in memory: the splats, the log, no file anywhere in the working folder."""
+    code = (f"import lodsgs\nout = lodsgs.generate('a red cube', prior={tiny_prior_dirs['pixel']!r}, steps=6, "
+            "config='fast', run={'batch': 2}, camera={'width': 32, 'height': 32}, init={'num': 300}, "
+            "guidance={'method': 'sds'})\n"
+            "print(tuple(out.splats.means.shape), len(out.log), out.run_dir, out.log[-1]['step'])")
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    n, three = result.stdout.split()[0].strip("(,"), result.stdout.split()[1].strip(",)")
+    assert int(n) > 0 and three == "3" and result.stdout.split()[2:] == ["1", "None", "6"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_from_python_with_out_writes_the_run_folder(tiny_prior_dirs, tmp_path):
+    import lodsgs
+    from lodsgs.errors import LodsgsError
+
+    out = lodsgs.generate("a red cube", prior=tiny_prior_dirs["pixel"], steps=4, config="fast", out=tmp_path,
+                          run={"batch": 2, "turntable_frames": 2, "turntable_size": 16},
+                          camera={"width": 32, "height": 32}, init={"num": 200})
+    assert out.run_dir.parent == tmp_path and (out.run_dir / "splats.ply").is_file()
+    assert out.metrics["steps"] == 4 and out.splats.num == out.metrics["gaussians"]
+    with pytest.raises(LodsgsError, match="give a section as a mapping"):
+        lodsgs.generate("a red cube", prior=tiny_prior_dirs["pixel"], run=3)
