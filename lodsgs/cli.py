@@ -435,7 +435,7 @@ def image_cmd(
     device: DeviceOpt = None,
 ) -> None:
     """Optimize images directly with the prior's distillation loss (presets image2d, image2d_shapes, the default
-    with --prior shapes, image2d_paper_embedding, image2d_paper_lora); writes OUT/image-<prompt>-<seed>/ with
+    with --prior shapes, image2d_paper_embedding, image2d_paper_lora); writes OUT/image-PROMPT-SEED/ with
     image.png (the particles side by side), progress.png, log.jsonl and metrics.json."""
     from lodsgs.image2d import generate_image, load_2d_config, shortcut_overrides
     shortcuts = shortcut_overrides(particles, method, seed, steps, device.value if device else None)
@@ -471,7 +471,7 @@ def edit_cmd(
     device: DeviceOpt = None,
 ) -> None:
     """Move IMAGE from the --source caption to the --target one, keeping what the edit does not ask to change
-    (preset edit2d); writes OUT/edit-<target>-<seed>/ with edited.png, before_after.png, progress.png, log.jsonl
+    (preset edit2d); writes OUT/edit-TARGET-SEED/ with edited.png, before_after.png, progress.png, log.jsonl
     and metrics.json."""
     from lodsgs.image2d import edit_image, load_2d_config, shortcut_overrides
     shortcuts = shortcut_overrides(None, method, seed, steps, device.value if device else None)

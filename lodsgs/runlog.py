@@ -10,9 +10,9 @@ from lodsgs.errors import LodsgsError
 from lodsgs.files import write_text
 
 LOG_NAME = "log.jsonl"
-# grown/pruned: run totals; eps_gap: RMS of ε_c − ε_u; alpha_*/lora_b_norm: where LODS's learned branch is
+# grown/pruned/refines: run totals; eps_gap: RMS of ε_c − ε_u; alpha_*/lora_b_norm: where LODS's learned branch is
 GUIDANCE_KEYS = ("t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap", "alpha_shift", "alpha_cos",
-                 "lora_b_norm", "grown", "pruned")
+                 "lora_b_norm", "grown", "pruned", "refines")
 
 
 class RunLog:

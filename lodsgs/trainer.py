@@ -139,7 +139,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     # the guidance already read its losses in the step's one device sync: no second .item() per loss here
     guided = {"loss": g.logs["sds"], **g.logs} if g is not None else {"loss": ref_term.item()}
     return {**guided, **{k: v.item() for k, v in ref_logs.items()},
-            "grown": s.densifier.state["grown"], "pruned": s.densifier.state["pruned"]}
+            **{k: s.densifier.state[k] for k in ("grown", "pruned", "refines")}}
 
 
 def _all_optimizers(s: State) -> list[torch.optim.Optimizer]:

@@ -61,7 +61,7 @@ class DefaultDensify:
     def initialize_state(self, scene_scale: float = 1.0) -> dict[str, Any]:
         """The running state: tensors are created on the first step (on the gradients' device); the ops keep
         every tensor in it aligned with the Gaussians and skip the int totals grown/pruned (for the run log)."""
-        return {"grad2d": None, "count": None, "scene_scale": scene_scale, "grown": 0, "pruned": 0}
+        return {"grad2d": None, "count": None, "scene_scale": scene_scale, "grown": 0, "pruned": 0, "refines": 0}
 
     def is_refine(self, step: int) -> bool:
         return self.refine_start < step <= self.refine_stop and step % self.refine_every == 0
@@ -114,6 +114,7 @@ class DefaultDensify:
         if len(params["means"]) < self.max_gaussians:
             state["grown"] += self._grow(params, optimizers, state, threshold)
         state["pruned"] += self._prune(params, optimizers, state, step)
+        state["refines"] += 1
         state["grad2d"].zero_()
         state["count"].zero_()
         torch.cuda.empty_cache()  # as gsplat: hand back the memory of the replaced tensors
@@ -187,5 +188,5 @@ class Densifier:
         return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = {"grown": 0, "pruned": 0} | {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+        self.state = {"grown": 0, "pruned": 0, "refines": 0} | {k: (v.clone() if isinstance(v, torch.Tensor) else v)
                                                    for k, v in state.items()}
