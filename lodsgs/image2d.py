@@ -158,6 +158,7 @@ def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str,
     from lodsgs.prior.guidance import Guidance
 
     run, c = cfg.run, cfg.canvas
+    torch.manual_seed(run.seed)  # LoRA's A matrices are drawn from the global generator (peft): seed them
     guidance = Guidance(prior, guidance_config(cfg, source[0] if source else None), prompt, seed=run.seed,
                         steps=run.steps)
     gen = torch.Generator().manual_seed(run.seed + 1)

@@ -14,7 +14,7 @@ from lodsgs.runlog import format_summary, read_records, summarize
 runner = CliRunner()
 PROMPT = "a red cube"
 KEYS = {"step", "t", "t_max", "sds", "grad_norm", "prior_loss", "eps_gap", "alpha_shift", "alpha_cos", "lora_b_norm",
-        "grown", "pruned", "gaussians", "lr", "seconds"}
+        "grown", "pruned", "refines", "gaussians", "lr", "seconds"}
 
 
 def without_seconds(records):
