@@ -38,29 +38,34 @@ def read_prompts(path: Path) -> list[str]:
 
 def run_list(prompts: Path, cfg: Config, out: Path, shard_spec: str = "0/1", ray: str | None = None,
              gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 2, quiet: bool = True,
-             log=print, on_step: Callable[[StepReport], None] | None = None, view: bool = False) -> BatchResult:
-    """``lodsgs batch``: this shard of the prompt list, in this process or spread over Ray."""
+             log=print, on_step: Callable[[StepReport], None] | None = None, view: bool = False,
+             image_cfg: Config | None = None) -> BatchResult:
+    """``lodsgs batch``: this shard of the prompt list, in this process or spread over Ray; ``image_cfg``: the
+    settings of the list's image lines (see split_entry)."""
     i, n = parse_shard(shard_spec)
     todo = shard(read_prompts(prompts), i, n)
     if ray is None:
-        return run_batch(todo, cfg, out, quiet=quiet, log=log, on_step=on_step)
+        return run_batch(todo, cfg, out, quiet=quiet, log=log, on_step=on_step, image_cfg=image_cfg)
     if view:
         raise LodsgsError("--view shows one process's run; it does not combine with --ray")
     if cpus_per_run < 0 or (gpus_per_run or 0) < 0 or max_retries < 0:
         raise LodsgsError("--cpus-per-run, --gpus-per-run and --max-retries must be >= 0")
     from lodsgs.ray_batch import run_batch_ray
-    return run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=log, progress=not quiet)
+    return run_batch_ray(todo, cfg, out, ray, gpus_per_run, cpus_per_run, max_retries, log=log, progress=not quiet,
+                         image_cfg=image_cfg)
 
 
-def split_entry(entry: str, cfg: Config) -> tuple[str, Config]:
+def split_entry(entry: str, cfg: Config, image_cfg: Config | None = None) -> tuple[str, Config]:
     """A prompt-list line as (prompt, its config): ``ref.png<TAB>a red cube`` is image-to-3D with that reference
-    (relative paths from the working folder) and the lifted reference as the start (unless init.kind is ply)."""
+    (relative paths from the working folder). ``image_cfg``: the settings ``generate --image`` would resolve
+    (the lifted reference as the start unless --init or --set init.kind chose another); without it, the lifted
+    reference unless init.kind is ply."""
     image, tab, prompt = entry.partition("\t")
     if not tab:
         return entry, cfg
-    cfg = copy.deepcopy(cfg)
+    cfg = copy.deepcopy(image_cfg if image_cfg is not None else cfg)
     cfg.image.path = image.strip()
-    if cfg.init.kind != "ply":
+    if image_cfg is None and cfg.init.kind != "ply":
         cfg.init.kind = "image"
     return prompt.strip(), cfg
 
@@ -119,7 +124,7 @@ class BatchResult:
 
 
 def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, log=print,
-              on_step: Callable[[StepReport], None] | None = None) -> BatchResult:
+              on_step: Callable[[StepReport], None] | None = None, image_cfg: Config | None = None) -> BatchResult:
     """Generate every prompt not already done with these settings; one failure (even OOM) is recorded and the
     rest go on. A prompt done with other settings (another config hash) is generated again. ``on_step`` is passed
     to every prompt's run (the CLI's live view)."""
@@ -148,7 +153,7 @@ def run_batch(prompts: list[str], cfg: Config, out: Path, quiet: bool = True, lo
         start = time.perf_counter()
         record = {"prompt": prompt, "seed": cfg.run.seed, "method": cfg.guidance.method, "config_hash": digest}
         try:
-            text, run_cfg = split_entry(prompt, cfg)
+            text, run_cfg = split_entry(prompt, cfg, image_cfg)
             run_dir, _ = run_or_resume(text, run_cfg, out, quiet=quiet, prior=prior, on_step=on_step)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"))
             result.done += 1

@@ -193,11 +193,12 @@ def batch(
 ) -> None:
     """Generate every prompt of a list; rerunning the same command skips finished prompts."""
     cfg = build_config(config, sets, prior, seed, steps, device)
+    image_cfg = build_config(config, sets, prior, seed, steps, device, image="ref.png")  # as `generate --image`
     from lodsgs.batch import run_list
     live = _live_view(cfg, host, port) if view and ray is None else None
     try:
         result = run_list(prompts, cfg, out, shard, ray, gpus_per_run, cpus_per_run, max_retries, quiet=quiet,
-                          log=typer.echo, on_step=live, view=view)
+                          log=typer.echo, on_step=live, view=view, image_cfg=image_cfg)
     finally:
         if live:
             live.viewer.close()
@@ -433,6 +434,7 @@ def image_cmd(
     overwrite: OverwriteOpt = False,
     prior: PriorOpt = None,
     device: DeviceOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Optimize images directly with the prior's distillation loss (presets image2d, image2d_shapes, the default
     with --prior shapes, image2d_paper_embedding, image2d_paper_lora); writes OUT/image-PROMPT-SEED/ with
@@ -440,7 +442,7 @@ def image_cmd(
     from lodsgs.image2d import generate_image, load_2d_config, shortcut_overrides
     shortcuts = shortcut_overrides(particles, method, seed, steps, device.value if device else None)
     cfg = load_2d_config("image", config, [*shortcuts, *(sets or [])], prior)
-    result = generate_image(prompt, cfg, out, overwrite=overwrite)
+    result = generate_image(prompt, cfg, out, overwrite=overwrite, quiet=quiet)
     typer.echo(f"wrote {result.run_dir}")
 
 
@@ -469,6 +471,7 @@ def edit_cmd(
     overwrite: OverwriteOpt = False,
     prior: PriorOpt = None,
     device: DeviceOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Move IMAGE from the --source caption to the --target one, keeping what the edit does not ask to change
     (preset edit2d); writes OUT/edit-TARGET-SEED/ with edited.png, before_after.png, progress.png, log.jsonl
@@ -476,7 +479,7 @@ def edit_cmd(
     from lodsgs.image2d import edit_image, load_2d_config, shortcut_overrides
     shortcuts = shortcut_overrides(None, method, seed, steps, device.value if device else None)
     cfg = load_2d_config("edit", config, [*shortcuts, *(sets or [])], prior)
-    result = edit_image(image, source, target, cfg, out, overwrite=overwrite)
+    result = edit_image(image, source, target, cfg, out, overwrite=overwrite, quiet=quiet)
     typer.echo(f"wrote {result.run_dir}")
 
 
@@ -511,11 +514,13 @@ def eval_cmd(
     image: Annotated[bool, typer.Option("--image", help="Image-to-3D: each caption's truth seen by the reference "
                                         "camera is the input; methods image, reference-only, text-only; scores "
                                         "also the back half (views >= 90 degrees from the reference).")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate shapes-world captions with each method and score them against ground-truth renders: PSNR,
     silhouette IoU, colour error, and shape / colour R-precision (R@1) for single-object captions."""
     from lodsgs.eval import eval_cli
-    typer.echo(eval_cli(out, caption, variant, config, sets, seed, seeds, steps, two_d, task, image, log=typer.echo))
+    typer.echo(eval_cli(out, caption, variant, config, sets, seed, seeds, steps, two_d, task, image, quiet=quiet,
+                        log=typer.echo))
 
 
 def optional_ray_address(argv: list[str]) -> list[str]:

@@ -313,8 +313,8 @@ def with_reference(specs: dict, caption: str, config: str | None, out: Path) -> 
     return made
 
 
-def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable,
-                  log) -> tuple[Splats, float, int, Path | None]:
+def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, log,
+                  quiet: bool = True) -> tuple[Splats, float, int, Path | None]:
     """One run's splats, seconds, steps and folder: the start for 'init' (no folder); else the run folder's
     result if it was made with these settings (config hash), else generated (resuming an interrupted run)."""
     from lodsgs.api import run_or_resume
@@ -331,7 +331,7 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable,
         why = " (resuming its checkpoint)" if resume else (
             " (settings changed: generating again)" if (run_dir / "metrics.json").exists() else "")
         log(f"[{variant}] {caption} (seed {cfg.run.seed}){why}")
-        run_or_resume(caption, cfg, folder, quiet=True, prior=prior(cfg))
+        run_or_resume(caption, cfg, folder, quiet=quiet, prior=prior(cfg))
     done = json.loads((run_dir / "metrics.json").read_text())
     return read_ply(run_dir / "splats.ply"), done["seconds"], done["steps"], run_dir
 
@@ -365,6 +365,7 @@ def run_eval(
     log=print,
     seeds: list[int] | None = None,
     image: bool = False,
+    quiet: bool = True,
 ) -> EvalResult:
     """Generate each caption with each variant and seed (resuming finished runs) and score against ground truth;
     ``seeds`` None means the config's seed. ``image``: image-to-3D, each caption's truth at the reference camera
@@ -392,7 +393,7 @@ def run_eval(
     for caption in captions:  # caption-major, so an interrupted eval already compares every method
         for (variant, _), cfg in (with_reference(specs, caption, config, out) if image else cfgs).items():
             try:
-                splats, seconds, steps, run_dir = result_splats(caption, variant, cfg, out, prior, log)
+                splats, seconds, steps, run_dir = result_splats(caption, variant, cfg, out, prior, log, quiet)
             except (KeyboardInterrupt, Interrupted):
                 raise Interrupted(f"eval interrupted at {variant!r} / {caption!r}; rerun the same command to "
                                   "continue: finished runs are reused, this one resumes from its checkpoint") from None
@@ -424,7 +425,7 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
 
 def eval_cli(out: Path, captions: list[str] | None, variant: list[str] | None, config: str | None,
              sets: list[str] | None, seed: int | None, seeds: str | None, steps: int | None, two_d: bool = False,
-             task: str = "generate", image: bool = False, log=print) -> str:
+             task: str = "generate", image: bool = False, quiet: bool = True, log=print) -> str:
     """``lodsgs eval``: the 3D (text or image) or 2D eval from the command's options; returns the tables."""
     if seeds is not None and seed is not None:
         raise LodsgsError("give --seed or --seeds, not both")
@@ -434,5 +435,6 @@ def eval_cli(out: Path, captions: list[str] | None, variant: list[str] | None, c
         return eval2d_cli(task, variant, out, captions, seed_list or [seed or 0], steps, log=log)
     variants = parse_variants(variant) if variant else dict(IMAGE_VARIANTS if image else DEFAULT_VARIANTS)
     base = list(sets or []) + [f"run.{k}={v}" for k, v in (("seed", seed), ("steps", steps)) if v is not None]
-    result = run_eval(captions, variants, base, out, config=config, log=log, seeds=seed_list, image=image)
+    result = run_eval(captions, variants, base, out, config=config, log=log, seeds=seed_list, image=image,
+                      quiet=quiet)
     return f"{result.markdown()}\nwrote {out / 'eval.json'} and {out / 'eval.md'}"

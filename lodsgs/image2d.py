@@ -150,7 +150,7 @@ class Result2D:
 
 
 def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str, Tensor] | None = None,
-             log_file: Path | None = None) -> Result2D:
+             log_file: Path | None = None, quiet: bool = True) -> Result2D:
     """Optimize ``params`` toward ``prompt`` with guidance.method; ``source`` = (caption, x0) for editing
     (DDS's reference branch; LODS's α start). Writes nothing but ``log_file`` (when given)."""
     import torch
@@ -168,7 +168,10 @@ def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str,
     dds = dds_branch(prior, cfg, source)
     marks = {round(i * (run.steps - 1) / max(c.snapshots - 1, 1)) for i in range(c.snapshots)}
     strip, log, start = [], [], time.perf_counter()
-    with (open(log_file, "w", encoding="utf-8") if log_file else contextlib.nullcontext()) as out:
+    from lodsgs.progress import StepProgress
+
+    with (open(log_file, "w", encoding="utf-8") if log_file else contextlib.nullcontext()) as out, \
+            StepProgress(run.steps, quiet=quiet, label=prompt) as bar:
         for step in range(run.steps):
             if step in marks:
                 strip.append(to_images(prior, params.detach()))
@@ -179,6 +182,7 @@ def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str,
             opt.zero_grad(set_to_none=True)
             (res.loss + res.prior_loss).backward()
             opt.step()
+            bar.update(step + 1, loss=res.logs.get("sds", float("nan")), gaussians=c.particles)
             if (run.log_every and step % run.log_every == 0) or step == run.steps - 1:
                 log.append(record(step, res.logs, time.perf_counter() - start))
                 if out is not None:
@@ -204,14 +208,15 @@ def dds_branch(prior, cfg: Config, source: tuple[str, Tensor] | None) -> tuple[T
     return source[1].to(prior.device).float(), prior.encode_text(source[0])
 
 
-def edit(prior, image: Tensor, source: str, target: str, cfg: Config, log_file: Path | None = None) -> Result2D:
+def edit(prior, image: Tensor, source: str, target: str, cfg: Config, log_file: Path | None = None,
+         quiet: bool = True) -> Result2D:
     """One edit run from ``image`` [H,W,3] in [0,1]: canvas.particles copies of it moved from ``source`` to
     ``target`` (no files unless ``log_file``)."""
     import torch
     params = particles_from_image(prior, image, cfg.canvas.particles)
     with torch.no_grad():
         x0_src = to_x0(prior, params[:1].to(prior.device))
-    return optimize(prior, target, cfg, params, source=(source, x0_src), log_file=log_file)
+    return optimize(prior, target, cfg, params, source=(source, x0_src), log_file=log_file, quiet=quiet)
 
 
 # --- files ----------------------------------------------------------------------------------------------
@@ -341,7 +346,7 @@ def open_folder(run_dir: Path, kind: Kind) -> None:
 
 
 def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite: bool = False,
-                   prior=None) -> Result2D:
+                   prior=None, quiet: bool = True) -> Result2D:
     """``lodsgs image``: canvas.particles images from noise toward ``prompt``. ``out`` None: nothing is written;
     else the run folder ``out/image-<slug>-<seed>`` gets image.png (the particles side by side), progress.png,
     log.jsonl and metrics.json. ``prior``: an already loaded prior (else cfg.prior's, on run.device)."""
@@ -352,9 +357,9 @@ def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite:
     prior = prior or load_prior(cfg, path)  # every refusal (words, folder, prior) before anything is written
     params = initial_particles(prior, cfg.canvas.particles, torch.Generator().manual_seed(cfg.run.seed))
     if run_dir is None:
-        return optimize(prior, prompt, cfg, params)
+        return optimize(prior, prompt, cfg, params, quiet=quiet)
     open_folder(run_dir, "image")
-    result = optimize(prior, prompt, cfg, params, log_file=run_dir / "log.jsonl")
+    result = optimize(prior, prompt, cfg, params, log_file=run_dir / "log.jsonl", quiet=quiet)
     save_png(run_dir / "image.png", side_by_side(result.images))
     save_png(run_dir / "progress.png", progress_strip(result.strip))
     write_metrics(run_dir, prompt, cfg, result)
@@ -362,7 +367,7 @@ def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite:
 
 
 def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | None = None, overwrite: bool = False,
-               prior=None) -> Result2D:
+               prior=None, quiet: bool = True) -> Result2D:
     """``lodsgs edit``: move ``image`` from the ``source`` caption to ``target``. ``out`` None: nothing is
     written; else the run folder ``out/edit-<target slug>-<seed>`` gets edited.png, before_after.png,
     progress.png, log.jsonl and metrics.json."""
@@ -376,9 +381,9 @@ def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | N
     run_dir = run_folder(out, "edit", target, cfg.run.seed, overwrite)
     prior = prior or load_prior(cfg, path)
     if run_dir is None:
-        return edit(prior, picture, source, target, cfg)
+        return edit(prior, picture, source, target, cfg, quiet=quiet)
     open_folder(run_dir, "edit")
-    result = edit(prior, picture, source, target, cfg, log_file=run_dir / "log.jsonl")
+    result = edit(prior, picture, source, target, cfg, log_file=run_dir / "log.jsonl", quiet=quiet)
     before = to_images(prior, particles_from_image(prior, picture, 1).to(prior.device))
     save_png(run_dir / "edited.png", as_uint8(result.images[:1])[0])
     save_png(run_dir / "before_after.png", side_by_side(torch.cat([before, result.images[:1]])))

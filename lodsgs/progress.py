@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -14,7 +15,7 @@ class StepProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4g}  gaussians {task.fields[gaussians]}"),
             TextColumn("{task.fields[rate]:.2f} it/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(), console=Console(stderr=True),  # stdout stays the command's result
         )
         self.total, self.start, self.label = total, start, label[:40]
 
@@ -43,7 +44,7 @@ class BatchProgress:
         self.progress = None if quiet else Progress(
             TextColumn("[bold]prompts"), BarColumn(), MofNCompleteColumn(),
             TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
         )
         self.total = total
 

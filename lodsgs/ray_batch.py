@@ -34,8 +34,8 @@ def require_ray():
 class PromptWorker:
     """Runs prompts on one worker slot; the prior is loaded on the first prompt and kept."""
 
-    def __init__(self, cfg: Config, out: str):
-        self.cfg, self.out, self.prior = cfg, Path(out), None
+    def __init__(self, cfg: Config, out: str, image_cfg: Config | None = None):
+        self.cfg, self.out, self.prior, self.image_cfg = cfg, Path(out), None, image_cfg
 
     def run(self, prompt: str) -> dict[str, Any]:
         """Generate one prompt; every lodsgs failure is returned as a record (never retried by Ray)."""
@@ -50,7 +50,7 @@ class PromptWorker:
         try:
             if self.prior is None:
                 self.prior = load_prior(self.cfg, resolve_device(self.cfg.run.device))
-            text, cfg = split_entry(prompt, self.cfg)  # "ref.png<TAB>prompt": image-to-3D
+            text, cfg = split_entry(prompt, self.cfg, self.image_cfg)  # "ref.png<TAB>prompt": image-to-3D
             run_dir, how = run_or_resume(text, cfg, self.out, quiet=True, prior=self.prior,
                                          should_stop=ray.get_runtime_context().is_canceled)
             record.update(status="done", run_dir=str(run_dir), ply=str(run_dir / "splats.ply"),
@@ -104,7 +104,7 @@ def slots(ray, gpus_per_run: float, cpus_per_run: float) -> int:
 
 def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "local",
                   gpus_per_run: float | None = None, cpus_per_run: float = 1.0, max_retries: int = 2,
-                  log=print, progress: bool = True) -> BatchResult:
+                  log=print, progress: bool = True, image_cfg: Config | None = None) -> BatchResult:
     """Every prompt not already done with these settings, one actor per slot; the manifest as in `batch`."""
     ray = require_ray()
     if out.exists() and not out.is_dir():
@@ -137,7 +137,7 @@ def run_batch_ray(prompts: list[str], cfg: Config, out: Path, address: str = "lo
                             max_task_retries=max_retries)(PromptWorker)
 
         def new_actor():
-            actors.append(worker.remote(cfg, str(out)))
+            actors.append(worker.remote(cfg, str(out), image_cfg))
             return actors[-1]
 
         log(f"Ray: {n} workers ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each) for {len(todo)} prompts")

@@ -34,7 +34,7 @@ def test_image_on_latent_prior_writes_outputs(tiny_prior_dirs, tmp_path):
     res = runner.invoke(app, ["image", "a red cube", "--prior", tiny_prior_dirs["latent"], "--particles", "3",
                               "--steps", "4", "--out", str(tmp_path), "--device", "cpu", "--set", "run.log_every=1"])
     assert res.exit_code == 0, res.output
-    assert res.output.strip() == f"wrote {out}"
+    assert res.stdout.strip() == f"wrote {out}"  # the progress bar goes to stderr
     image = imageio.imread(out / "image.png")
     assert image.shape[0] >= 16 and image.shape[1] > 3 * image.shape[0]  # three VAE-decoded particles in a row
     assert imageio.imread(out / "progress.png").shape[0] >= 3 * 16  # one row per particle

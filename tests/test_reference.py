@@ -146,6 +146,19 @@ def test_batch_line_with_a_tab_is_an_image_run():
     assert split_entry("a red cube", cfg) == ("a red cube", cfg) and cfg.image.path == ""
 
 
+def test_batch_image_lines_start_as_generate_image_would():
+    """The CLI resolves the image lines' settings as `generate --image` does: the lifted reference is the start
+    unless the user chose one (--set init.kind=...), which the lines then keep."""
+    from lodsgs.cli import build_config
+
+    for sets, kind in (([], "image"), (["init.kind=ball"], "ball")):
+        cfg = build_config(None, sets, prior="shapes")
+        image_cfg = build_config(None, sets, prior="shapes", image="ref.png")
+        _, own = split_entry("refs/cube.png\ta red cube", cfg, image_cfg)
+        assert (own.image.path, own.init.kind) == ("refs/cube.png", kind)
+        assert split_entry("a red cube", cfg, image_cfg)[1] is cfg
+
+
 def test_back_half_is_the_views_90_degrees_or_more_from_the_reference():
     from lodsgs.eval import EvalViews, back_half
     views = EvalViews()
