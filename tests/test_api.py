@@ -77,3 +77,17 @@ def test_generate_from_python_with_out_writes_the_run_folder(tiny_prior_dirs, tm
     assert out.metrics["steps"] == 4 and out.splats.num == out.metrics["gaussians"]
     with pytest.raises(LodsgsError, match="give a section as a mapping"):
         lodsgs.generate("a red cube", prior=tiny_prior_dirs["pixel"], run=3)
+
+
+def test_image_and_edit_from_python_write_nothing_without_out(tmp_path, monkeypatch):
+    import lodsgs
+
+    monkeypatch.chdir(tmp_path)
+    made = lodsgs.image("a red cube", prior="shapes", steps=2, particles=2, canvas={"snapshots": 2})
+    assert tuple(made.images.shape) == (2, 32, 32, 3) and made.run_dir is None and made.log[-1]["step"] == 1
+    import imageio.v2 as imageio
+    imageio.imwrite(tmp_path / "cube.png", (made.images[0].numpy() * 255).astype("uint8"))
+    edited = lodsgs.edit(tmp_path / "cube.png", "a red cube", "a blue cube", prior="shapes", steps=2,
+                         guidance={"method": "sds"})
+    assert tuple(edited.images.shape[1:]) == (32, 32, 3) and edited.run_dir is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.png"]
