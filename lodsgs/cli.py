@@ -2,105 +2,35 @@
 
 from __future__ import annotations
 
-import enum
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-try:  # typer 0.2x carries its own copy of click; older typer uses click itself
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
-except ImportError:
-    from click.exceptions import NoArgsIsHelpError, UsageError
-
-from lodsgs.errors import Interrupted, LodsgsError
-
-
-class OneLineErrors(typer.core.TyperGroup):
-    """The app's group: every usage error (unknown option, missing argument, a bad value) is one line
-    ``lodsgs: error: ...`` with exit code 2, as the commands' own errors are, not Click's framed box."""
-
-    def main(self, args=None, prog_name=None, standalone_mode: bool = True, **extra):
-        try:
-            code = super().main(args=args, prog_name="lodsgs", standalone_mode=False, **extra)
-        except NoArgsIsHelpError as e:  # `lodsgs` alone, `lodsgs prior`: the help
-            typer.echo(e.ctx.get_help())
-            code = 0
-        except UsageError as e:
-            command = e.ctx.command_path if e.ctx is not None else "lodsgs"
-            typer.echo(f"lodsgs: error: {e.format_message()} (see `{command} --help`)", err=True)
-            code = 2
-        except typer.Abort:  # Ctrl-C outside a run
-            code = 130
-        except LodsgsError as e:  # raised outside a command body
-            typer.echo(f"lodsgs: error: {e}", err=True)
-            code = 2
-        code = code if isinstance(code, int) else 0
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
+from lodsgs.cli_prior import prior_app
+from lodsgs.cli_shared import (
+    ConfigOpt,
+    DeviceOpt,
+    HostOpt,
+    OneLineErrors,
+    OverwriteOpt,
+    PortOpt,
+    PriorOpt,
+    QuietOpt,
+    RunsOpt,
+    SeedOpt,
+    SetOpt,
+    StepsOpt,
+    ViewOpt,
+    build_config,
+    friendly,
+)
+from lodsgs.errors import LodsgsError
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Text-to-3D Gaussian splatting under a diffusion prior with LODS.")
-prior_app = typer.Typer(no_args_is_help=True, help="Diffusion priors: list them, train the offline shapes prior.")
 app.add_typer(prior_app, name="prior")
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Preset name (see docs/configuration.md) or "
-                                                                     "your own YAML file (applied over the prior's "
-                                                                     "profile).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
-PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior: sd21 (the default), sd15, shapes (offline), "
-                                                               "a hub id or a folder.")]
-RunsOpt = Annotated[Path, typer.Option("--out", "-o", help="Where the run folders are written (a parent folder).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (run.seed).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimization steps (run.steps); the "
-                                                                     "schedules keep their shape.")]
-DeviceOpt = Annotated[Device | None, typer.Option("--device", help="Where to run (run.device).", show_default=False)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start again in an existing run folder.")]
-ViewOpt = Annotated[bool, typer.Option("--view", help="Watch it in the browser: serve a viewer and push the "
-                                                     "splats every run.view_every steps.")]
-PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Viewer port (the next free one if taken).")]
-HostOpt = Annotated[str, typer.Option("--host", help="Viewer address; 0.0.0.0 to reach it from other machines.")]
-
-
-def friendly(fn):
-    """Turn LodsgsError into a one-line message and exit code 2; Ctrl-C into exit code 130. Imports nothing
-    heavy: an error path prints its line without loading torch."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Interrupted as e:
-            typer.echo(f"lodsgs: {e}", err=True)
-            raise typer.Exit(130) from None
-        except LodsgsError as e:
-            typer.echo(f"lodsgs: error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as e:  # disk full, permission denied, a read-only or vanished folder
-            where = f" ({e.filename})" if e.filename else ""
-            typer.echo(f"lodsgs: error: {e.strerror or e}{where}; files finished before this are kept, none is "
-                       "left half-written; free space or fix the folder, then rerun (--resume continues a run "
-                       "from its last checkpoint)", err=True)
-            raise typer.Exit(2) from None
-    return wrapper
-
-
-def build_config(config, sets, prior=None, seed=None, steps=None, device=None, init=None, image=None, **kwargs):
-    """The shortcuts (--prior, --seed, --steps, --device, --init, --image), then --set, through load_config."""
-    from lodsgs.config import load_config, settings_overrides
-    items = settings_overrides(prior, steps, seed, device.value if device else None, image, init)
-    return load_config(config, items + list(sets or []), **kwargs)
 
 
 @app.command(epilog="""**Examples**
@@ -312,99 +242,6 @@ def plot_log(
     from lodsgs.plot import plot_logs
     labelled = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
     typer.echo(f"wrote {plot_logs({k: Path(v) for k, v in labelled.items()}, keys.split(','), out, window)}")
-
-
-@prior_app.command("list")
-@friendly
-def prior_list() -> None:
-    """Named priors and whether their weights are here: shipped, in the Hugging Face cache, or to download."""
-    from lodsgs.prior.hub import prior_table
-    typer.echo(prior_table())
-
-
-@prior_app.command("download", epilog="""**Examples**
-
-    lodsgs prior download sd21                         # into the Hugging Face cache
-
-    lodsgs prior download sd15 --out /mnt/priors/sd15 # a folder a cluster shares; then --prior /mnt/priors/sd15
-""")
-@friendly
-def prior_download(
-    name: Annotated[str, typer.Argument(help="sd21, sd15 or a hub id.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="The folder written, instead of the Hugging Face "
-                                             "cache.")] = None,
-    revision: Annotated[str, typer.Option("--revision", help="A commit to pin (prior.revision).")] = "",
-    fp16: Annotated[bool | None, typer.Option("--fp16/--fp32", help="The fp16 files (half the bytes) when the "
-                                              "repository has them; default: fp16 on a CUDA machine.",
-                                              show_default=False)] = None,
-) -> None:
-    """Prefetch a Stable Diffusion prior (its diffusers components only), with progress; an interrupted
-    download resumes where it stopped."""
-    from lodsgs.prior.hub import download_prior
-    folder = download_prior(name, revision, fp16, out)
-    typer.echo(folder + (f"\nuse it with --prior {out}" if out else ""))
-
-
-@prior_app.command("captions")
-def prior_captions() -> None:
-    """Every caption of the shapes world (what `--prior shapes` knows): the 30 objects, the 10 scenes, then the
-    underspecified ones ("a cube": any colour; "a red shape": any shape)."""
-    from lodsgs.prior.shapes import world
-    for caption in world.all_captions():
-        typer.echo(caption)
-
-
-@prior_app.command("train-shapes", epilog="""**Examples**
-
-    lodsgs prior train-shapes --out my_shapes --steps 7000
-
-    lodsgs prior train-shapes --out my_shapes --steps 7700 --lr 2e-4 --init lodsgs/prior/shapes/weights
-""")
-@friendly
-def prior_train_shapes(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (diffusers layout).")] = Path("shapes_prior"),
-    steps: Annotated[int, typer.Option(help="Optimizer steps in all; the learning-rate schedule follows the step, "
-                                            "so the same arguments give the same prior.")] = 7000,
-    minutes: Annotated[float | None, typer.Option(help="NOT reproducible: train for this wall-clock budget instead "
-                                                  "of --steps (schedule by elapsed time).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's checkpoint.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    init: Annotated[Path | None, typer.Option(help="Warm-start from an exported prior folder.")] = None,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 4e-4,
-    batch: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    weighting: Annotated[str, typer.Option(help="Loss weight per sample: v = min(1/ᾱ_t, 20), eps = 1.")] = "v",
-    underspecified: Annotated[float, typer.Option(
-        help="Share of single-object samples captioned by shape alone ('a cube'), and again by colour alone "
-             "('a red shape'); 0 = full captions only.")] = 0.15,
-) -> None:
-    """Train the offline shapes prior on the procedural world (7,000 steps: about an hour on 2 CPU cores)."""
-    from lodsgs.prior.shapes import train
-    if weighting not in ("v", "eps"):
-        raise LodsgsError(f"--weighting must be v or eps, got {weighting!r}")
-    if steps < 1 or (minutes is not None and minutes <= 0) or lr <= 0 or batch < 1:
-        raise LodsgsError("--steps and --batch must be >= 1, --minutes and --lr > 0")
-    if not 0 <= underspecified <= 0.5:
-        raise LodsgsError(f"--underspecified is a probability per kind, 0 to 0.5; got {underspecified}")
-    train.train(train.TrainOptions(out=out, steps=steps, minutes=minutes, resume=resume, seed=seed, init=init,
-                                   lr=lr, batch=batch, weighting=weighting, underspecified=underspecified))
-
-
-@prior_app.command("sanity", epilog="**Example**\n\n    lodsgs prior sanity --caption 'a red cube' --out sanity.json")
-@friendly
-def prior_sanity(
-    caption: Annotated[list[str] | None, typer.Option("--caption", help="Caption (repeatable); default the 40 full "
-                                                      "captions; underspecified ones ('a cube') also count the "
-                                                      "samples' colours and shapes.")] = None,
-    prior: Annotated[str, typer.Option("--prior", help="The shapes prior, or a folder of one.")] = "shapes",
-    samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per caption.")] = 4,
-    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="Classifier-free guidance "
-                                                  "scale of the DDIM samples.")] = 3.0,
-    json_out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the rows to this JSON file.")
-                        ] = None,
-) -> None:
-    """Sample the shapes prior itself (DDIM + CFG) and score samples against ground-truth renders."""
-    from lodsgs.prior.shapes.sanity import sanity_cli
-    typer.echo(sanity_cli(caption, prior, samples, guidance_scale, json_out))
 
 
 ParticlesOpt = Annotated[int | None, typer.Option("--particles", help="Images optimized together (canvas.particles).")]
