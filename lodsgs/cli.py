@@ -191,7 +191,8 @@ def view(
     host: HostOpt = "127.0.0.1",
 ) -> None:
     """Open splats in the browser (viser): orbit camera from the run's eval view, prompt and metrics beside it."""
-    from lodsgs.view import Viewer, load_target, serve_until_interrupted
+    from lodsgs.view import Viewer, check_address, load_target, serve_until_interrupted
+    check_address(host, port)
     t = load_target(target)
     viewer = Viewer(host, port, t.camera, t.background)
     viewer.show(t.splats)

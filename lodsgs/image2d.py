@@ -254,21 +254,10 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 def load_image(path: Path) -> Tensor:
     """An RGB image [H,W,3] in [0,1] (alpha composited on white), or one LodsgsError line."""
-    import imageio.v2 as imageio
     import torch
-    path = Path(path)
-    if not path.is_file():
-        raise LodsgsError(f"image {str(path)!r} does not exist; give a PNG or JPEG file")
-    try:
-        arr = np.asarray(imageio.imread(path)).astype(np.float32)
-    except Exception as e:  # not an image, truncated, unknown format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LodsgsError(f"cannot read image {str(path)!r} ({first}); give a PNG or JPEG file") from None
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, -1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise LodsgsError(f"image {str(path)!r} has shape {arr.shape}; expected H×W×3 (RGB) or H×W×4 (RGBA)")
-    arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+
+    from lodsgs.pictures import read_picture
+    arr = read_picture(Path(path), "image")
     if arr.shape[-1] == 4:
         arr = arr[..., :3] * arr[..., 3:] + (1 - arr[..., 3:])
     return torch.from_numpy(np.ascontiguousarray(arr))

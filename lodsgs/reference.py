@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,22 +37,9 @@ class Reference:
 def read_rgba(path: Path) -> tuple[Tensor, Tensor]:
     """An image file as colour [H,W,3] and alpha [H,W] in [0, 1]: RGBA's alpha, or an RGB picture's uniform
     background keyed out; one line naming the fix otherwise."""
-    import imageio.v3 as iio
+    from lodsgs.pictures import read_picture
 
-    if not path.is_file():
-        raise LodsgsError(f"reference image {str(path)!r} not found; give the path of a PNG (RGBA, or RGB on a plain "
-                          "background)")
-    try:
-        array = np.asarray(iio.imread(path))
-    except Exception:  # imageio raises many types for a file that is not an image
-        raise LodsgsError(f"{str(path)!r} is not an image imageio can read; give a PNG (RGBA, or RGB on a plain "
-                          "background)") from None
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, -1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise LodsgsError(f"{str(path)!r} has shape {array.shape}; give an RGB or RGBA image")
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0 if array.dtype == np.uint8 else 1.0
-    image = torch.from_numpy(array.astype(np.float32) / scale)
+    image = torch.from_numpy(read_picture(path, "reference image"))
     if image.shape[-1] == 4:
         return image[..., :3], image[..., 3]
     return image, key_out(image, path)

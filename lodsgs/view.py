@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +67,7 @@ def load_target(path: Path) -> Target:
         raise LodsgsError(f"cannot view {str(path)!r}: no such file or folder")
     if not path.is_dir():
         return Target(load_splats(path), path.name, {"Gaussians": None})
-    checkpoints = sorted((path / "checkpoints").glob("step_*.pt"))
+    checkpoints = kept_checkpoints(path / "checkpoints")
     last = path / "checkpoints" / "last.pt"
     if (path / "splats.ply").is_file():
         splats = load_splats(path / "splats.ply")
@@ -78,6 +80,12 @@ def load_target(path: Path) -> Target:
     if cfg is None:
         return Target(splats, prompt, run_facts(path), checkpoints=checkpoints)
     return Target(splats, prompt, run_facts(path), cfg.camera, checkpoints, tuple(cfg.render.background))
+
+
+def kept_checkpoints(folder: Path) -> list[Path]:
+    """The run's kept checkpoints (step_XXXXX.pt, run.keep_checkpoints) in step order; other names are ignored."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def run_facts(run_dir: Path) -> dict[str, Any]:
@@ -97,8 +105,9 @@ def checkpoint_splats(path: Path) -> Splats:
     ck = safe_load(path)
     try:
         return Splats(ck["splats"], sh_degree=ck["sh_degree"])
-    except Exception as e:  # a foreign file
-        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}") from None
+    except Exception:  # a foreign file: another program's checkpoint, or a lodsgs one altered
+        raise LodsgsError(f"cannot read checkpoint {str(path)!r}: it is not a lodsgs checkpoint (it holds no splats "
+                          "in lodsgs's layout); delete it or view the run's splats.ply") from None
 
 
 class Viewer:
@@ -108,6 +117,7 @@ class Viewer:
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
         import viser
 
+        check_address(host, port)
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.server.scene.set_up_direction("+y")
         self.server.scene.world_axes.visible = False
@@ -133,7 +143,7 @@ class Viewer:
 
     def add_checkpoints(self, checkpoints: list[Path], final: Splats):
         """A slider over the run's kept checkpoints (step_XXXXX.pt) and its final splats; returns the slider."""
-        steps = [int(p.stem.split("_")[1]) for p in checkpoints]
+        steps = [int(p.stem.removeprefix("step_")) for p in checkpoints]
         slider = self.server.gui.add_slider("checkpoint", min=0, max=len(steps), step=1, initial_value=len(steps))
         label = self.server.gui.add_markdown(f"showing: final ({len(steps)} checkpoints kept)")
 
@@ -148,6 +158,25 @@ class Viewer:
 
     def close(self) -> None:
         self.server.stop()
+
+
+def check_address(host: str, port: int) -> None:
+    """A host this machine can bind and a port in 1..65535, checked before the server starts (viser would
+    otherwise hang on an address it cannot resolve, or fail in a thread)."""
+    if not 1 <= port <= 65535:
+        raise LodsgsError(f"--port {port} is not a TCP port; give 1..65535 (8080 by default)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise LodsgsError(f"--host {host!r} is not an address this machine knows; give 127.0.0.1 (this machine) or "
+                          "0.0.0.0 (every network interface)") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address[0], 0))  # the address only: a taken port is viser's to skip
+        except OSError as e:
+            raise LodsgsError(f"--host {host!r}: cannot serve on it ({e.strerror}); give 127.0.0.1 or 0.0.0.0, or "
+                              "an address of this machine") from None
 
 
 def _fmt(value: Any) -> str:

@@ -122,7 +122,7 @@ def test_disk_full_leaves_no_half_written_file(tiny_sets, tmp_path, monkeypatch)
     monkeypatch.setattr(media.imageio, "imwrite", full_disk)
     result = runner.invoke(app, ["generate", "a cube", "--quiet", "--out", str(tmp_path),
                                  *tiny_sets("pixel")])
-    one_error_line(result, "No space left on device")
+    one_error_line(result, "no space left on its disk")
     run = tmp_path / run_name("a cube", 0)
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "splats.ply").is_file()  # what finished is kept
     assert not (run / "preview.png").exists() and not list(run.glob(".*partial*"))  # nothing half-written

@@ -226,7 +226,7 @@ HEADER = b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty flo
     (b"ply\nformat ascii 1.0\nelement face 1\nproperty float a\nend_header\n1\n", "no vertex element"),
     (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float a\nend_header\n1\n", "no x, y, z"),
     (b"ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\nend_header\n",
-     "no points"),
+     "holds no Gaussians"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path, content, message):
     path = tmp_path / "bad.ply"

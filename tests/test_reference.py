@@ -57,7 +57,7 @@ def test_rgba_and_keyed_rgb_give_the_same_mask(tmp_path):
 
 @pytest.mark.parametrize("case, words", [
     ("missing", "not found"),
-    ("not-an-image", "not an image"),
+    ("not-an-image", "cannot read reference image"),
     ("no-object", "no object"),
     ("touching", "touches the image border"),
     ("busy-rgb", "give an RGBA PNG"),

@@ -116,7 +116,7 @@ def test_spz_refuses_other_versions_and_damage(tmp_path):
     with pytest.raises(LodsgsError, match="not an .spz of version 2"):
         read_spz(tmp_path / "v3.spz")
     (tmp_path / "cut.spz").write_bytes(gzip.compress(bytes(raw[:-3])))
-    with pytest.raises(LodsgsError, match="do not hold 5 splats"):
+    with pytest.raises(LodsgsError, match="does not hold the 5 splats"):
         read_spz(tmp_path / "cut.spz")
     (tmp_path / "plain.spz").write_bytes(b"NGSP....")
     with pytest.raises(LodsgsError, match="not a gzip stream"):

@@ -42,9 +42,36 @@ def unflip_yz(params: dict[str, Tensor]) -> dict[str, Tensor]:
     out["shN"] = params["shN"] * SH_FLIP[: params["shN"].shape[1], None]
     return out
 
-def file_params(splats: Splats) -> dict[str, Tensor]:
-    """The splats' raw parameters as a file stores them: on the CPU, float32, y down."""
-    return flip_yz({k: v.detach().cpu().float() for k, v in splats.params.items()})
+MAX_COORD = 1e6  # world units: a position beyond this is a damaged file or a diverged run, not a scene
+MAX_LOG_SCALE = 30.0  # |log-scale| beyond this (a scale of 1e13 or 1e-13) is a damaged file
+
+
+def check_splats(params: dict[str, Tensor], path: Path | str, doing: str = "read") -> None:
+    """What every reader and writer asks of splats, as one line naming the file: at least one Gaussian, every
+    value finite, positions within ±MAX_COORD and log-scales within ±MAX_LOG_SCALE."""
+    where = f"cannot {doing} {str(path)!r}"
+    n = len(params["means"])
+    if n == 0:
+        raise LodsgsError(f"{where}: it holds no Gaussians" + ("; a splat file needs at least one" if doing == "read"
+                                                             else ""))
+    bad = [k for k, v in params.items() if v.numel() and not torch.isfinite(v).all()]
+    if bad:
+        fix = "the file is damaged" if doing == "read" else "the run diverged; lower the optim.* learning rates"
+        raise LodsgsError(f"{where}: its {', '.join(bad)} hold NaN or infinite values ({fix})")
+    if params["means"].abs().max() > MAX_COORD:
+        raise LodsgsError(f"{where}: positions reach {params['means'].abs().max().item():.3g} units, beyond the "
+                          f"±{MAX_COORD:g} a scene can hold (a damaged file or a diverged run)")
+    if params["scales"].abs().max() > MAX_LOG_SCALE:
+        raise LodsgsError(f"{where}: Gaussian scales reach e^{params['scales'].abs().max().item():.3g}, beyond "
+                          f"e^±{MAX_LOG_SCALE:g} (a damaged file or a diverged run)")
+
+
+def file_params(splats: Splats, path: Path | str = "the splat file") -> dict[str, Tensor]:
+    """The splats' raw parameters as a file stores them: on the CPU, float32, y down; refused (check_splats) when
+    they could not be read back, so nothing non-finite is ever written."""
+    params = {k: v.detach().cpu().float() for k, v in splats.params.items()}
+    check_splats(params, path, doing="write")
+    return flip_yz(params)
 
 
 def write_atomic(path: Path | str, write) -> None:

@@ -15,7 +15,7 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from lodsgs.errors import LodsgsError
-from lodsgs.splats.convention import file_params, unflip_yz, write_atomic
+from lodsgs.splats.convention import check_splats, file_params, unflip_yz, write_atomic
 from lodsgs.splats.model import SH_C0, Splats, num_sh_bases
 from lodsgs.splats.spz import read_spz
 
@@ -37,7 +37,7 @@ def write_ply(splats: Splats, path: Path | str, sh_degree: int | None = None) ->
     degree = splats.sh_degree if sh_degree is None else sh_degree
     if not splats.sh_degree <= degree <= 3:
         raise ValueError(f"sh_degree must be in {splats.sh_degree}..3 for these splats, got {degree}")
-    p = file_params(splats)
+    p = file_params(splats, path)
     n, k_rest = splats.num, num_sh_bases(degree) - 1
     rest = torch.zeros(n, k_rest, 3)
     rest[:, : p["shN"].shape[1]] = p["shN"]
@@ -82,8 +82,7 @@ def read_ply(path: Path | str) -> Splats:
         "sh0": cols("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
         "shN": cols(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k_rest).transpose(1, 2),
     }
-    if not all(torch.isfinite(v).all() for v in params.values()):
-        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite values")
+    check_splats(params, path)
     return Splats(unflip_yz(params), sh_degree=SH_DEGREE_OF_REST[n_rest])
 
 
@@ -107,11 +106,8 @@ def _read_vertex(path: Path) -> np.ndarray:
 
 def _point_cloud(path: Path, vertex: np.ndarray, names: set[str]) -> Splats:
     """A point cloud PLY (a scan, a mesh's vertices) as initial splats, with its colours if present."""
-    if len(vertex) == 0:
-        raise LodsgsError(f"cannot read {str(path)!r}: the point cloud has no points")
     xyz = torch.from_numpy(np.stack([np.asarray(vertex[k], dtype=np.float32) for k in "xyz"], -1))
-    if not torch.isfinite(xyz).all():
-        raise LodsgsError(f"cannot read {str(path)!r}: it holds NaN or infinite positions")
+    check_splats({"means": xyz, "scales": torch.zeros(len(xyz), 3)}, path)
     xyz = xyz * torch.tensor([1.0, -1.0, -1.0])  # y-down file -> y-up world
     rgb = None
     for keys in (("red", "green", "blue"), ("r", "g", "b")):
@@ -129,7 +125,7 @@ SPLAT_DTYPE = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4
 def write_splat(splats: Splats, path: Path | str) -> None:
     """antimatter15 .splat: 32 bytes a splat, no SH, largest exp(Σ log-scale)·opacity first as antimatter15's
     convert.py sorts. Bytes are rounded, so decoding is within 0.5/255 (colour, alpha), 1/128 (quat)."""
-    p = file_params(splats)
+    p = file_params(splats, path)
     opacity = torch.sigmoid(p["opacities"])
     order = torch.argsort(-(p["scales"].sum(-1).exp() * opacity), stable=True)
     rgba = torch.cat([(0.5 + SH_C0 * p["sh0"][:, 0]), opacity[:, None]], -1)
@@ -163,7 +159,9 @@ def splat_file_splats(path: Path | str) -> Splats:
     params = {"means": d["means"], "scales": np.log(np.maximum(d["scales"], 1e-12)), "quats": d["quats"],
               "opacities": np.log(alpha / (1 - alpha)), "sh0": ((d["rgba"][:, :3] - 0.5) / SH_C0)[:, None, :],
               "shN": np.zeros((len(alpha), 0, 3))}
-    return Splats(unflip_yz({k: torch.from_numpy(v.astype(np.float32)) for k, v in params.items()}))
+    params = {k: torch.from_numpy(v.astype(np.float32)) for k, v in params.items()}
+    check_splats(params, path)
+    return Splats(unflip_yz(params))
 
 
 SPLAT_SUFFIXES = (".ply", ".splat", ".spz")
