@@ -84,9 +84,9 @@ def friendly(fn):
             raise typer.Exit(2) from None
         except OSError as e:  # disk full, permission denied, a read-only or vanished folder
             where = f" ({e.filename})" if e.filename else ""
-            typer.echo(f"lodsgs: error: {e.strerror or e}{where}; files finished before this are kept, none is "
-                       "left half-written; free space or fix the folder, then rerun (--resume continues a run "
-                       "from its last checkpoint)", err=True)
+            typer.echo(f"lodsgs: error: {e.strerror or str(e) or type(e).__name__}{where}; files finished before "
+                       "this are kept, none is left half-written; free space or fix the folder, then rerun the "
+                       "command", err=True)
             raise typer.Exit(2) from None
     return wrapper
 

@@ -21,10 +21,16 @@ def unknown_words(prompt: str, vocabulary: set[str] | list[str]) -> list[str]:
     return [w for w in prompt_words(prompt) if w not in known]
 
 
+MAX_PROMPT = 1000  # characters; CLIP reads 77 tokens (a few hundred characters), the rest would be dropped silently
+
+
 def check_prompt(prompt: str, model_path: str, name: str = "") -> None:
     """Reject empty prompts, and words a closed-vocabulary prior (one with vocabulary.json) never saw."""
     if not prompt or not prompt.strip():
         raise LodsgsError("the prompt is empty; give a text such as \"a red cube\"")
+    if len(prompt) > MAX_PROMPT:
+        raise LodsgsError(f"the prompt is {len(prompt):,} characters ({prompt[:40]!r}...); keep it under {MAX_PROMPT} "
+                          "(the text encoder reads 77 tokens, a few hundred characters)")
     vocab_file = Path(model_path) / "vocabulary.json"
     if vocab_file.is_file():
         known = json.loads(vocab_file.read_text())

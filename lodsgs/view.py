@@ -167,7 +167,7 @@ def check_address(host: str, port: int) -> None:
         raise LodsgsError(f"--port {port} is not a TCP port; give 1..65535 (8080 by default)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
         raise LodsgsError(f"--host {host!r} is not an address this machine knows; give 127.0.0.1 (this machine) or "
                           "0.0.0.0 (every network interface)") from None
     family, _, _, _, address = infos[0]

@@ -63,7 +63,7 @@ def test_edit_on_latent_prior_writes_outputs(tiny_prior_dirs, tmp_path, method, 
 
 @pytest.mark.parametrize("args, needle", [
     (["image", "a red dragon", "--prior", "shapes"], "dragon"),
-    (["edit", "{missing}", "--source", "a red cube", "--target", "a blue cube", "--prior", "shapes"], "not found; give a picture file"),
+    (["edit", "{missing}", "--source", "a red cube", "--target", "a blue cube", "--prior", "shapes"], "not found"),
     (["edit", "{garbage}", "--source", "a red cube", "--target", "a blue cube", "--prior", "shapes"],
      "cannot read image"),
     (["edit", "{image}", "--source", "a red cube", "--target", "a red cube", "--prior", "shapes"], "the same"),

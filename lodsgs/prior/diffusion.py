@@ -41,6 +41,12 @@ def _check_folder(model: str) -> None:
         raise LodsgsError(f"diffusion model folder {model!r} has no {', '.join(m + '/' for m in missing)}; "
                           "it needs the diffusers layout unet/, scheduler/, text_encoder/, tokenizer/ "
                           "(and vae/ for latent models)")
+    pickled = [c for c in ("unet", "text_encoder", "vae") if (folder / c).is_dir()
+               and not any((folder / c).glob("*.safetensors")) and any((folder / c).glob("*.bin"))]
+    if pickled:  # a pickled .bin is loaded by diffusers with a warning; lodsgs reads safetensors only
+        raise LodsgsError(f"diffusion model folder {model!r} has pickled .bin weights in {', '.join(pickled)} and no "
+                          ".safetensors; lodsgs loads safetensors only (nothing that could run code): save the "
+                          "model with diffusers' save_pretrained(safe_serialization=True)")
 
 
 def _hub_snapshot(repo_id: str, revision: str | None = None, fp16: bool = False) -> str:
@@ -110,13 +116,14 @@ class DiffusionPrior(nn.Module):
 
         try:
             unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype,
-                                                        variant=_variant(folder, "unet"))
+                                                        variant=_variant(folder, "unet"), use_safetensors=True)
             scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
             text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype,
-                                                         variant=_variant(folder, "text_encoder"))
+                                                         variant=_variant(folder, "text_encoder"), use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
             vae = (AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype,
-                                                 variant=_variant(folder, "vae")) if _has_vae(model) else None)
+                                                 variant=_variant(folder, "vae"), use_safetensors=True)
+                   if _has_vae(model) else None)
         except (OSError, ValueError, EntryNotFoundError) as e:  # missing files, offline hub, gated or bad repo id
             raise _missing_model_error(model, e) from None
         return cls(unet, scheduler, text_encoder, tokenizer, vae, name=model).to(device)

@@ -156,9 +156,10 @@ def splat_file_splats(path: Path | str) -> Splats:
     """A .splat file as splats in lodsgs's y-up world (SH degree 0; opacity and colour within 0.5/255)."""
     d = read_splat(path)
     alpha = np.clip(d["rgba"][:, 3], 0.5 / 255, 1 - 0.5 / 255)
-    params = {"means": d["means"], "scales": np.log(np.maximum(d["scales"], 1e-12)), "quats": d["quats"],
-              "opacities": np.log(alpha / (1 - alpha)), "sh0": ((d["rgba"][:, :3] - 0.5) / SH_C0)[:, None, :],
-              "shN": np.zeros((len(alpha), 0, 3))}
+    with np.errstate(invalid="ignore"):  # a NaN scale stays NaN: check_splats names it below
+        params = {"means": d["means"], "scales": np.log(np.maximum(d["scales"], 1e-12)), "quats": d["quats"],
+                  "opacities": np.log(alpha / (1 - alpha)), "sh0": ((d["rgba"][:, :3] - 0.5) / SH_C0)[:, None, :],
+                  "shN": np.zeros((len(alpha), 0, 3))}
     params = {k: torch.from_numpy(v.astype(np.float32)) for k, v in params.items()}
     check_splats(params, path)
     return Splats(unflip_yz(params))
