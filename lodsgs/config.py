@@ -241,13 +241,7 @@ def validate(cfg: Config, kind: Literal["3d", "2d"] = "3d") -> None:
     if not g.min_step_percent < g.max_step_percent_after:
         raise LodsgsError(f"guidance.min_step_percent ({g.min_step_percent}) must be below "
                           f"guidance.max_step_percent_after ({g.max_step_percent_after})")
-    c = cfg.camera
-    for name in ("elevation", "azimuth", "radius", "fovy"):
-        lo, hi = getattr(c, name)
-        if lo > hi:
-            raise LodsgsError(f"camera.{name} is a [low, high] range; got [{lo}, {hi}]")
-    if c.radius[0] <= 0 or not 0 < c.fovy[0] <= c.fovy[1] < 180:
-        raise LodsgsError("camera.radius must be > 0 and camera.fovy within (0, 180) degrees")
+    check_camera_ranges(cfg.camera)
     if cfg.init.color is not None and not all(0 <= v <= 1 for v in cfg.init.color):
         raise LodsgsError(f"init.color is an RGB triple in [0, 1]; got {list(cfg.init.color)}")
     if cfg.canvas.batch > cfg.canvas.particles:
@@ -268,6 +262,22 @@ def validate(cfg: Config, kind: Literal["3d", "2d"] = "3d") -> None:
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
     if cfg.run.mesh:  # at load time, not after the run
         need_mesh_libraries(decimate=cfg.mesh.faces > 0)
+
+
+CAMERA_RANGES = {"elevation": (-90.0, 90.0), "azimuth": (-360.0, 360.0), "radius": (0.0, 1000.0),
+                 "fovy": (0.0, 180.0)}  # degrees and world units; radius and fovy exclude their low end
+
+
+def check_camera_ranges(c) -> None:
+    """camera.elevation / azimuth / radius / fovy: [low, high] pairs inside their physical bounds."""
+    for name, (floor, ceiling) in CAMERA_RANGES.items():
+        lo, hi = getattr(c, name)
+        if lo > hi:
+            raise LodsgsError(f"camera.{name} is a [low, high] range; got [{lo}, {hi}]")
+        open_floor = name in ("radius", "fovy")
+        if (lo <= floor if open_floor else lo < floor) or hi > ceiling:
+            bracket = "(" if open_floor else "["
+            raise LodsgsError(f"camera.{name} must lie within {bracket}{floor:g}, {ceiling:g}]; got [{lo}, {hi}]")
 
 
 def check_range(key: str, value: float, lo: float | None, hi: float | None, open_lo: bool) -> None:
