@@ -342,6 +342,9 @@ def test_fp16_prior_loss_is_scaled_so_alpha_gets_gradients(tiny_prior_dirs):
 
     reference = alpha_grad(half=False, scaled=True)
     assert reference.abs().max() > 0
-    assert (alpha_grad(half=True, scaled=False) == 0).all()  # underflow: α would never train
+    # underflow: α would not train. Exactly zero on most CPUs; where fp16 keeps subnormals, a few ±6e-8 values
+    # that point nowhere near fp32's gradient
+    naive = alpha_grad(half=True, scaled=False)
+    assert (naive == 0).all() or torch.nn.functional.cosine_similarity(naive, reference, dim=0) < 0.5
     scaled = alpha_grad(half=True, scaled=True)
     assert torch.nn.functional.cosine_similarity(scaled, reference, dim=0) > 0.999
