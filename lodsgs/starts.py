@@ -1,11 +1,13 @@
 """Every start of a run in one place: a random ball or sphere shell, a .ply (splats or a point cloud), the
-prior's own sample lifted (``sample``) or split into one ball per object (``layout``), and the reference image
-lifted (``image``, image-to-3D)."""
+prior's own sample lifted (``sample``) or split into one ball per object (``layout``), the reference image
+lifted (``image``, image-to-3D), a Shap-E mesh of the prompt (``shap-e``, the official LODS 3DGS start) and a
+mesh file's surface (``mesh``); docs/starts.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lodsgs.cameras import eval_cameras
@@ -17,9 +19,12 @@ from lodsgs.reference import load_reference, reference_camera
 from lodsgs.splats.io import read_ply
 from lodsgs.splats.model import Splats, rgb_to_sh0
 
+SHAP_E_SCALE = 0.4  # × the camera's radius: the Shap-E mesh's size in the scene (GaussianDreamer's 0.4 × 4)
+
 
 def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = None) -> Splats:
-    """The starting splats; the ``sample`` and ``layout`` starts need the prompt and the prior."""
+    """The starting splats; the ``sample`` and ``layout`` starts need the prompt and the prior, ``shap-e`` the
+    prompt."""
     c = cfg.init
     if c.kind == "ply":
         if not c.path:
@@ -30,7 +35,48 @@ def init_splats(cfg: Config, prompt: str = "", prior: DiffusionPrior | None = No
         return prior_start(cfg, prompt, prior)
     if c.kind == "image":
         return image_start(cfg)
+    if c.kind == "mesh":
+        return mesh_start(cfg)
+    if c.kind == "shap-e":
+        return shap_e_start(cfg, prompt)
     return ball_start(cfg)
+
+
+def mesh_start(cfg: Config) -> Splats:
+    """``init.num`` points uniform over a mesh file's surface by area (seeded by run.seed), in its colours
+    (lodsgs/splats/surface.py); with init.mesh_fit centred and scaled so its bounding sphere has radius
+    init.radius, the ball start's; init.mesh_up=z turns a z-up file y-up first."""
+    from lodsgs.splats.surface import fit_sphere, read_surface, sample_surface, z_up_to_y_up
+
+    c = cfg.init
+    mesh = read_surface(Path(c.path))
+    points, rgb = sample_surface(mesh, c.num, cfg.run.seed)
+    vertices = np.asarray(mesh.vertices, np.float64)
+    if c.mesh_up == "z":
+        points, vertices = z_up_to_y_up(points), z_up_to_y_up(vertices)
+    if c.mesh_fit:
+        points = fit_sphere(points, vertices, c.radius)
+    return Splats.from_points(torch.tensor(points, dtype=torch.float32), torch.tensor(rgb, dtype=torch.float32),
+                              sh_degree=c.sh_degree, opacity=c.opacity)
+
+
+def shap_e_start(cfg: Config, prompt: str) -> Splats:
+    """GaussianDreamer's start (hustvl/GaussianDreamer, kept by yangxiaofeng/LODS threestudio/systems/lods_gs.py):
+    a Shap-E mesh of the prompt, turned y-up; its vertices[::4] and up to init.num points drawn uniformly in
+    their bounding box that lie within 0.01 of one (Shap-E units), coloured by the nearest vertex plus 0.2·U[0,1)
+    noise; all scaled by camera.eval_radius × 0.4 (the official radius is data.eval_camera_distance, 4)."""
+    from lodsgs.prior.shap_e import near_vertex_points, shap_e_mesh
+    from lodsgs.splats.surface import z_up_to_y_up
+
+    c = cfg.init
+    verts, rgb = shap_e_mesh(c.shap_e_model, prompt, c.shap_e_guidance, c.shap_e_steps, cfg.run.seed,
+                             cfg.run.device)
+    verts, rgb = verts[::4], rgb[::4]
+    extra, extra_rgb = near_vertex_points(verts, rgb, c.num, cfg.run.seed)
+    points = z_up_to_y_up(np.concatenate([extra, verts]).astype(np.float64)) * (cfg.camera.eval_radius * SHAP_E_SCALE)
+    colours = np.concatenate([extra_rgb, rgb])
+    return Splats.from_points(torch.tensor(points, dtype=torch.float32), torch.tensor(colours, dtype=torch.float32),
+                              sh_degree=c.sh_degree, opacity=c.opacity)
 
 
 def image_start(cfg: Config) -> Splats:

@@ -1,5 +1,6 @@
-"""``lodsgs info --system``: what this machine can run (torch and CUDA, gsplat's CUDA build, nvcc, the fused
-kernel, library versions), so a GPU user learns what falls back to the CPU path before a long run."""
+"""``lodsgs info --system``: what this machine can run (torch and CUDA, nvcc, library versions) and which
+rasterizer and guidance op a run here uses and why, so a GPU user learns before a long run what falls back to
+lodsgs's PyTorch code (and how to fix it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib.metadata
 import platform
 import shutil
 import subprocess
+
+from lodsgs.cuda_fallback import cuda_fix
 
 
 def _version(package: str) -> str:
@@ -28,12 +31,25 @@ def _nvcc() -> str:
     return f"{path} ({release})"
 
 
+def rasterizer_line(cuda: bool) -> str:
+    """Which rasterizer a run on this machine uses and why. gsplat's CUDA build is only tried with a CUDA GPU
+    (elsewhere it cannot load, and gsplat would spend minutes compiling)."""
+    if not cuda:
+        return "lodsgs's PyTorch rasterizer (raster_torch) on the CPU (no CUDA GPU: gsplat's kernels are CUDA only)"
+    from lodsgs.splats.render import cuda_rasterizer
+
+    choice = cuda_rasterizer(announce=False)
+    if choice.name == "gsplat":
+        return "gsplat's CUDA rasterizer (loaded, and it rendered a test Gaussian)"
+    return f"lodsgs's PyTorch rasterizer (raster_torch) on the GPU: {choice.why}; to fix: {cuda_fix(gsplat=True)}"
+
+
 def system_report() -> dict[str, str]:
-    """One line per component. CUDA builds are only tried on a machine with a CUDA GPU (elsewhere they cannot
-    load, and gsplat would try to compile)."""
+    """One line per component: versions, the GPU, nvcc, and which rasterizer and guidance op a run uses and
+    why. CUDA builds are only tried on a machine with a CUDA GPU."""
     import torch
 
-    from lodsgs.prior.fused import cuda_sources, load_extension
+    from lodsgs.prior.fused import cuda_sources, guidance_op
 
     cuda = torch.cuda.is_available()
     report = {
@@ -43,22 +59,13 @@ def system_report() -> dict[str, str]:
         "nvcc": _nvcc(),
     }
     sources = cuda_sources()
-    kernel = f"sources in {sources[0].parent}" if sources else "sources missing (reinstall lodsgs)"
-    if cuda and sources:
-        kernel += "; built and loaded" if load_extension() is not None else "; build FAILED: PyTorch reference used"
-    elif sources:
-        kernel += "; builds on first use on a CUDA GPU"
-    report["fused guidance kernel"] = kernel
-    gsplat = _version("gsplat")
-    if cuda:
-        try:
-            from gsplat.cuda._backend import _C
-            gsplat += "; CUDA rasterizer loaded" if _C is not None else "; CUDA rasterizer NOT built"
-        except Exception as e:  # a failed JIT build
-            gsplat += f"; CUDA rasterizer failed to build ({type(e).__name__})"
-    else:
-        gsplat += "; not used without a CUDA GPU (lodsgs's own CPU rasterizer renders)"
-    report["gsplat"] = gsplat
+    report["fused guidance kernel"] = f"sources in {sources[0].parent}" if sources else \
+        "sources missing (reinstall lodsgs)"
+    op, why = guidance_op(cuda)
+    fallback = cuda and op != "fused CUDA kernel"
+    report["guidance op"] = f"{op} ({why}{'; to fix: ' + cuda_fix(gsplat=False) if fallback else ''})"
+    report["gsplat"] = _version("gsplat")
+    report["rasterizer"] = rasterizer_line(cuda)
     for package in ("diffusers", "transformers", "peft", "huggingface_hub", "plyfile"):
         report[package] = _version(package)
     return report

@@ -19,6 +19,7 @@ import torch
 from lodsgs.cameras import Cameras, sample_cameras, view_labels
 from lodsgs.config import CameraConfig, Config, to_dict
 from lodsgs.errors import Interrupted, LodsgsError
+from lodsgs.guards import guarded_step
 from lodsgs.names import resolve_model
 from lodsgs.prior.diffusion import DiffusionPrior
 from lodsgs.prior.guidance import Guidance
@@ -134,6 +135,7 @@ def train_step(cfg: Config, s: State, device: torch.device) -> dict[str, float]:
     loss.backward()
     for opt in _all_optimizers(s):
         opt.step()
+    s.densifier.cap_scales(s.splats)
     s.densifier.step_post_backward(s.splats, s.optimizers, out.meta, s.step)
     s.step += 1
     # the guidance already read its losses in the step's one device sync: no second .item() per loss here
@@ -221,7 +223,8 @@ def train(cfg: Config, s: State, device: torch.device, prompt: str = "", quiet: 
           should_stop: Callable[[], bool] | None = None) -> list[dict]:
     """Step ``s`` until run.steps; returns the log records (every run.log_every steps and the last). After each
     step ``on_step`` gets a StepReport; Ctrl-C, SIGTERM or ``should_stop()`` end the run after the step under way
-    with Interrupted (the state stays whole, so the caller can checkpoint it)."""
+    with Interrupted (the state stays whole, so the caller can checkpoint it). Non-finite numbers end it with
+    Diverged, a step out of memory with OutOfMemory (lodsgs/guards.py)."""
     from lodsgs.progress import StepProgress
 
     records: list[dict] = []
@@ -231,7 +234,7 @@ def train(cfg: Config, s: State, device: torch.device, prompt: str = "", quiet: 
     with caught_signals() as caught, StepProgress(cfg.run.steps, start=s.step, quiet=quiet, label=prompt) as bar:
         first = s.step + 1
         while s.step < cfg.run.steps:
-            logs = s.logs = train_step(cfg, s, device)
+            logs = s.logs = guarded_step(train_step, cfg, s, device)  # Diverged / OutOfMemory in one line
             seconds, s.seconds = s.seconds, time.perf_counter() - start
             if s.step == first:  # once, from this machine's first measured step
                 cpu_time_note(s.guidance.prior, device, s.seconds - seconds, cfg.run.steps - s.step)

@@ -25,8 +25,13 @@ TINY = ("run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_f
 
 @pytest.fixture(scope="session")
 def tiny_prior_dirs(tmp_path_factory) -> dict[str, str]:
+    """The tiny priors, each with a profile (lodsgs.yaml) that starts from a ball: the SD presets start from
+    Shap-E, whose hub weights no test has (tests/test_starts.py runs that start on a tiny Shap-E)."""
     root = tmp_path_factory.mktemp("priors")
-    return {kind: str(build_tiny_prior(root / kind, kind)) for kind in ("latent", "pixel")}
+    dirs = {kind: build_tiny_prior(root / kind, kind) for kind in ("latent", "pixel")}
+    for folder in dirs.values():
+        (folder / "lodsgs.yaml").write_text("init:\n  kind: ball\n")
+    return {kind: str(folder) for kind, folder in dirs.items()}
 
 
 @pytest.fixture(scope="session")

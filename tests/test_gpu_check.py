@@ -1,5 +1,5 @@
-"""`make gpu-check`'s CPU side: without a GPU the CUDA checks say skipped, resume runs and is exact, and both
-reports are written."""
+"""`make gpu-check`'s CPU side: it imports and answers --help without a GPU; the CUDA checks say skipped, resume
+runs and is exact, and both reports are written."""
 
 import json
 
@@ -21,3 +21,14 @@ def test_gpu_check_runs_its_cpu_parts_and_writes_reports(tmp_path):
     assert resume["device"] == "cpu" and resume["equal"] is True, resume
     assert json.loads((tmp_path / "gpu-check.json").read_text())["checks"]["generate -> SIGINT -> --resume"]["equal"]
     assert "## generate -> SIGINT -> --resume" in (tmp_path / "gpu-check.md").read_text()
+
+
+def test_gpu_check_imports_and_helps_on_the_cpu(capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--help"])
+    assert e.value.code == 0
+    assert "--skip-sd" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        cpu = torch.device("cpu")
+        for check in (gpu_check.fallback_check, gpu_check.cap_memory_check, gpu_check.shap_e_check):
+            assert "skipped" in check(cpu), check.__name__

@@ -3,22 +3,26 @@
 ``guidance_loss`` applies it as an autograd function: forward returns 0.5·||grad||²/B (the value of
 threestudio's ``0.5·sum((x − sg(x − grad))²)/B``, for logging) and backward hands x0 exactly grad/B, the
 same gradient as that reparameterized loss. On CUDA tensors the fused kernel in ``cuda_ext/`` does the
-whole combine in one pass; elsewhere, and if the kernel cannot be built, the PyTorch reference runs.
+whole combine in one pass; elsewhere, and if the kernel cannot be built, the PyTorch reference runs. Whether it
+builds is decided once per process; a CUDA run that falls back prints one line on stderr saying why and how to fix.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from lodsgs import cuda_fallback
+
 # an installed package carries the sources in lodsgs/_cuda/ (setup.py copies them); a source checkout
 # (editable install) reads the top-level cuda_ext/ they are copied from
 _PACKAGED, _CHECKOUT = Path(__file__).resolve().parents[1] / "_cuda", Path(__file__).resolve().parents[2] / "cuda_ext"
+GUIDANCE_INSTEAD = "using its PyTorch expression on the GPU instead (same gradient, slower)"
 _ext = None
 _ext_failed = False
+_ext_problem = ""  # why the build failed (for info --system)
 
 
 def guidance_grad_reference(eps_c: Tensor, eps_u: Tensor, eps: Tensor, w: Tensor, omega: float,
@@ -41,9 +45,10 @@ def cuda_sources() -> list[Path] | None:
     return None
 
 
-def load_extension():
-    """Build (once, cached by torch) and return the CUDA extension, or None with a one-time warning."""
-    global _ext, _ext_failed
+def load_extension(announce: bool = True):
+    """Build (once per process; the binary is cached by torch) and return the CUDA extension, or None: then one
+    line on stderr (``announce``), once, says why and how to fix it, and the PyTorch expression runs."""
+    global _ext, _ext_failed, _ext_problem
     if _ext is None and not _ext_failed:
         try:
             from torch.utils.cpp_extension import load
@@ -53,11 +58,21 @@ def load_extension():
                 raise FileNotFoundError(f"kernel sources found neither in {_PACKAGED} nor in {_CHECKOUT}")
             _ext = load(name="lodsgs_guidance", sources=[str(f) for f in sources], extra_cflags=["-O3"],
                         extra_cuda_cflags=["-O3"], verbose=False)
-        except Exception as e:  # no toolkit, compiler mismatch, ...
-            _ext_failed = True
-            warnings.warn(f"lodsgs: fused CUDA guidance kernel unavailable ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); using the PyTorch reference", stacklevel=2)
+        except Exception as e:  # no toolkit, CUDA_HOME unset, compiler or toolkit mismatch, ...
+            _ext_failed, _ext_problem = True, f"its build failed ({cuda_fallback.first_line(e)})"
+            if announce:
+                cuda_fallback.announce("the fused CUDA guidance kernel", _ext_problem, GUIDANCE_INSTEAD, gsplat=False)
     return _ext
+
+
+def guidance_op(cuda: bool) -> tuple[str, str]:
+    """Which guidance-gradient op a run on this machine uses and why (``lodsgs info --system``); on a CUDA machine
+    this builds the kernel (once)."""
+    if not cuda:
+        return "PyTorch expression", "no CUDA GPU: the kernel is CUDA only"
+    if load_extension(announce=False) is not None:
+        return "fused CUDA kernel", "built and loaded"
+    return "PyTorch expression", _ext_problem
 
 
 def guidance_grad(eps_c: Tensor, eps_u: Tensor, eps: Tensor, w: Tensor, omega: float, normalized: bool) -> Tensor:

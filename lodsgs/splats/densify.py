@@ -14,6 +14,7 @@ Adam state in place, so read the splats through ``params`` after each step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +179,14 @@ class Densifier:
         """Keep ``meta["means2d"].grad`` for the statistics (while the strategy still needs it)."""
         if self.strategy is not None:
             self.strategy.step_pre_backward(splats.params, optimizers, self.state, step, meta)
+
+    @torch.no_grad()
+    def cap_scales(self, splats: Splats) -> None:
+        """Clamp every log-scale to log(max_scale × scene_scale) (after each optimizer step; max_scale 0: off). A
+        Gaussian's footprint, and so the rasterizer's memory, stays bounded, and a too-high optim.scales lr cannot
+        overflow exp(log-scale) to inf (whatever strategy, and between refines, which prune only some steps)."""
+        if self.cfg.max_scale > 0:
+            splats.params["scales"].clamp_(max=math.log(self.cfg.max_scale * self.cfg.scene_scale))
 
     def step_post_backward(self, splats: Splats, optimizers: dict, meta: dict, step: int) -> None:
         """Accumulate gradient statistics; on refine steps grow and prune; on reset steps reset opacity."""

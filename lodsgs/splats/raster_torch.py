@@ -130,9 +130,10 @@ def build_pairs(
     # pixel ids of each row's pairs are consecutive: pix = pair index + (row's first pixel - row's first pair)
     first_pair = torch.cumsum(nx, 0) - nx
     shift = ((y * width + x0).long() + first_pixel - first_pair).int()
-    row_of_pair = torch.repeat_interleave(torch.arange(len(nx), dtype=torch.int32), nx,
+    dev = means2d.device  # every index tensor is made where the splats are (a CUDA run never touches the CPU)
+    row_of_pair = torch.repeat_interleave(torch.arange(len(nx), dtype=torch.int32, device=dev), nx,
                                           output_size=int(nx.sum()))
-    pix = torch.arange(len(row_of_pair), dtype=torch.int32) + shift.index_select(0, row_of_pair)
+    pix = torch.arange(len(row_of_pair), dtype=torch.int32, device=dev) + shift.index_select(0, row_of_pair)
     entry = rows.int().index_select(0, row_of_pair)  # monotone index: cheap
     pix, order = torch.sort(pix, stable=True)  # entries were depth-sorted: depth order survives per pixel
     return pix, entry.index_select(0, order)
@@ -203,7 +204,7 @@ def _composite_chunked(
     with torch.no_grad():
         counts = torch.bincount(pix, minlength=n_pixels)
         ends = torch.cumsum(counts, 0)
-        targets = torch.tensor(range(PAIR_CHUNK, len(pix), PAIR_CHUNK), dtype=ends.dtype)
+        targets = torch.arange(PAIR_CHUNK, max(len(pix), PAIR_CHUNK), PAIR_CHUNK, dtype=ends.dtype, device=ends.device)
         cuts = torch.searchsorted(ends, targets, right=True)
         pixel_cuts = [0, *torch.unique(cuts).tolist(), n_pixels]
         pair_cuts = torch.cat([ends.new_zeros(1), ends])[pixel_cuts].tolist()
