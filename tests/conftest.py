@@ -15,7 +15,23 @@ import torch  # noqa: E402
 
 from lodsgs.prior.tiny import build_tiny_prior  # noqa: E402
 
-torch.set_num_threads(1)  # one thread a process: "over 3 s" (the `slow` marker) means the same on every machine
+# one torch thread: "over 3 s" (what earns the `slow` marker) means the same on every machine; a test already
+# marked slow gets the machine's threads back (slow_threads below), so the whole suite stays within its budget
+ONE_THREAD, ALL_THREADS = 1, torch.get_num_threads()
+torch.set_num_threads(ONE_THREAD)
+
+
+@pytest.fixture(autouse=True)
+def slow_threads(request):
+    """Tests marked slow run on every core; the others on one, as their timing was judged."""
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    torch.set_num_threads(ALL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(ONE_THREAD)
 
 # a run of a few steps at 32 px that still passes through checkpoints, densification and the annealing step
 TINY = ("run.steps=6", "run.batch=2", "run.checkpoint_every=3", "run.turntable_frames=4", "run.turntable_size=32",
