@@ -91,3 +91,17 @@ def test_image_and_edit_from_python_write_nothing_without_out(tmp_path, monkeypa
                          guidance={"method": "sds"})
     assert tuple(edited.images.shape[1:]) == (32, 32, 3) and edited.run_dir is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.png"]
+
+
+@pytest.mark.slow
+def test_the_example_in_docs_api_runs_and_writes_nothing(tmp_path):
+    """docs/api.md's first Python block, as a user would paste it (the shipped shapes prior, 20 steps)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    result = run_python(example, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("torch.Size([") and lines[0].endswith(", 3])") and lines[-1] == "None", lines
+    assert not list(tmp_path.iterdir())
