@@ -233,7 +233,7 @@ def plot_log(
     runs: Annotated[list[str], typer.Argument(help="LABEL=RUN_DIR (or RUN_DIR: labelled by its folder name).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("log.png"),
     keys: Annotated[str, typer.Option(help="Comma-separated log keys, one panel each.")] = "eps_gap,alpha_shift",
-    window: Annotated[int, typer.Option(help="Moving-average window in records.")] = 10,
+    window: Annotated[int, typer.Option(min=1, max=100_000, help="Moving-average window in records.")] = 10,
 ) -> None:
     """Plot run logs side by side: by default |ε_c − ε_u| and α's distance from its start (moving averages)."""
     try:

@@ -296,6 +296,8 @@ def parse_seeds(text: str) -> list[int]:
         raise LodsgsError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
     if len(set(seeds)) < len(seeds):
         raise LodsgsError(f"--seeds repeats a seed: {text!r}")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise LodsgsError(f"--seeds must be integers in 0..2^63-1, got {text!r}")
     return seeds
 
 
