@@ -71,7 +71,7 @@ def image(prompt: str, prior: str | None = None, steps: int | None = None, seed:
     (``images`` [N,H,W,3] in [0, 1], ``strip``, ``log``, ``run_dir``); with ``out`` (a parent folder) also
     written as the command writes them."""
     from lodsgs.image2d import generate_image, load_2d_config, shortcut_overrides
-    items = shortcut_overrides(particles, method, seed, steps, device) + section_items(sections)
+    items = shortcut_overrides(particles, method, seed, steps, device) + settings_overrides(**sections)
     cfg = load_2d_config("image", config, items, prior)
     return generate_image(prompt, cfg, Path(out) if out is not None else None, prior=None, quiet=quiet)
 
@@ -82,14 +82,9 @@ def edit(picture: str | Path, source: str, target: str, prior: str | None = None
     """2D editing (``lodsgs edit``): ``picture`` moved from the ``source`` caption to ``target``, returned as a
     Result2D (``images[0]`` is the edit); with ``out`` also written as the command writes it."""
     from lodsgs.image2d import edit_image, load_2d_config, shortcut_overrides
-    items = shortcut_overrides(None, method, seed, steps, device) + section_items(sections)
+    items = shortcut_overrides(None, method, seed, steps, device) + settings_overrides(**sections)
     cfg = load_2d_config("edit", config, items, prior)
     return edit_image(Path(picture), source, target, cfg, Path(out) if out is not None else None, quiet=quiet)
-
-
-def section_items(sections: dict[str, Any]) -> list:
-    """``guidance={"method": "sds"}`` -> [("guidance.method", "sds")], checked as --set is."""
-    return settings_overrides(**sections)
 
 
 def run(prompt: str, cfg: Config, out: Path | None = None, resume: bool = False, overwrite: bool = False,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lodsgs.config import Config, GuidanceConfig, load_config, to_dict
+from lodsgs.config import Config, GuidanceConfig, load_config, settings_overrides, to_dict
 from lodsgs.errors import LodsgsError
+from lodsgs.prompts import slug
 
 if TYPE_CHECKING:
     import torch
@@ -73,9 +73,8 @@ def shortcut_overrides(particles: int | None = None, method: str | None = None, 
     """The 2D commands' shortcut options as overrides (given before --set, so --set wins): canvas.particles,
     guidance.method (``lods``: lods-embedding, the old name), run.seed, run.steps, run.device."""
     method = "lods-embedding" if method == "lods" else method
-    pairs = (("canvas.particles", particles), ("guidance.method", method), ("run.seed", seed),
-             ("run.steps", steps), ("run.device", device))
-    return [(key, value) for key, value in pairs if value is not None]
+    pairs = (("canvas.particles", particles), ("guidance.method", method))
+    return [(key, value) for key, value in pairs if value is not None] + settings_overrides(None, steps, seed, device)
 
 
 def settings_2d(cfg: Config, result_only: bool = False) -> dict:
@@ -279,32 +278,12 @@ def write_metrics(run_dir: Path, prompt: str, cfg: Config, run: Result2D, **extr
 
 # --- the commands ---------------------------------------------------------------------------------------
 
-def checked_model(cfg: Config, *texts: str) -> str:
-    """The prior's folder or hub id, once every caption is known to it (a closed-vocabulary prior refuses
-    unknown words in one line)."""
+def check_captions(cfg: Config, *texts: str) -> None:
+    """Every caption known to the prior (a closed-vocabulary prior refuses unknown words in one line)."""
     from lodsgs.names import resolve_model
     from lodsgs.prompts import check_prompt
-    path = resolve_model(cfg.prior.model)
     for text in texts:
-        check_prompt(text, path, cfg.prior.model)
-    return path
-
-
-def device_of(cfg: Config) -> torch.device:
-    """run.device as a torch device ("auto": CUDA when there is one); one line for cuda without a GPU."""
-    import torch
-    name = cfg.run.device
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LodsgsError("run.device is cuda but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def load_prior(cfg: Config, path: str):
-    """The diffusion prior at ``path`` on run.device (one line when it cannot be loaded)."""
-    from lodsgs.prior.diffusion import DiffusionPrior
-    return DiffusionPrior.from_pretrained(path, device=device_of(cfg), revision=cfg.prior.revision)
+        check_prompt(text, resolve_model(cfg.prior.model), cfg.prior.model)
 
 
 def run_folder(out: Path | None, kind: Kind, caption: str, seed: int, overwrite: bool) -> Path | None:
@@ -341,9 +320,11 @@ def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite:
     log.jsonl and metrics.json. ``prior``: an already loaded prior (else cfg.prior's, on run.device)."""
     import torch
     check_method("image", cfg)
-    path = checked_model(cfg, prompt)
+    from lodsgs.prior.diffusion import load_prior, resolve_device
+    check_captions(cfg, prompt)
     run_dir = run_folder(out, "image", prompt, cfg.run.seed, overwrite)
-    prior = prior or load_prior(cfg, path)  # every refusal (words, folder, prior) before anything is written
+    # every refusal (words, folder, prior) before anything is written
+    prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
     params = initial_particles(prior, cfg.canvas.particles, torch.Generator().manual_seed(cfg.run.seed))
     if run_dir is None:
         return optimize(prior, prompt, cfg, params, quiet=quiet)
@@ -366,9 +347,10 @@ def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | N
         raise LodsgsError(f"--source and --target are the same ({source!r}); the target caption must describe the "
                           "edit, e.g. --source 'a red cube' --target 'a blue cube'")
     picture = load_image(image)
-    path = checked_model(cfg, source, target)
+    from lodsgs.prior.diffusion import load_prior, resolve_device
+    check_captions(cfg, source, target)
     run_dir = run_folder(out, "edit", target, cfg.run.seed, overwrite)
-    prior = prior or load_prior(cfg, path)
+    prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
     if run_dir is None:
         return edit(prior, picture, source, target, cfg, quiet=quiet)
     open_folder(run_dir, "edit")
@@ -379,8 +361,3 @@ def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | N
     save_png(run_dir / "progress.png", progress_strip(result.strip))
     write_metrics(run_dir, target, cfg, result, source=source, image=str(image))
     return dataclasses.replace(result, run_dir=run_dir)
-
-
-def slug(text: str) -> str:
-    """A filesystem-safe short name of a caption."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"

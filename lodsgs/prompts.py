@@ -21,6 +21,11 @@ def unknown_words(prompt: str, vocabulary: set[str] | list[str]) -> list[str]:
     return [w for w in prompt_words(prompt) if w not in known]
 
 
+def slug(text: str) -> str:
+    """A filesystem-safe short name of a caption (run folders, pictures)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
+
+
 MAX_PROMPT = 1000  # characters; CLIP reads 77 tokens (a few hundred characters), the rest would be dropped silently
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from lodsgs.config import Config, config_diff, config_hash, image_digest, save_c
 from lodsgs.errors import Diverged, LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.guards import check_state
+from lodsgs.prompts import slug
 from lodsgs.runlog import RunLog
 from lodsgs.splats.io import write_ply, write_splat
 from lodsgs.splats.mesh import splats_to_mesh, write_mesh
@@ -26,9 +26,8 @@ from lodsgs.trainer import State, StepReport, checkpoint_payload, peak_memory_mb
 def run_name(prompt: str, seed: int, image: str = "") -> str:
     """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt, seed (and the reference
     image's content, so the same picture under another path names the same run)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "prompt"
     digest = hashlib.sha1(f"{prompt}\0{seed}{chr(0) + image_digest(image) if image else ''}".encode()).hexdigest()[:8]
-    return f"{slug}-{digest}"
+    return f"{slug(prompt)}-{digest}"
 
 
 def resumable(run_dir: Path, cfg: Config) -> bool:

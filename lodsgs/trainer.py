@@ -18,10 +18,9 @@ import torch
 
 from lodsgs.cameras import Cameras, sample_cameras, view_labels
 from lodsgs.config import CameraConfig, Config, to_dict
-from lodsgs.errors import Interrupted, LodsgsError
+from lodsgs.errors import Interrupted
 from lodsgs.guards import guarded_step
-from lodsgs.names import resolve_model
-from lodsgs.prior.diffusion import DiffusionPrior
+from lodsgs.prior.diffusion import DiffusionPrior, load_prior, resolve_device  # noqa: F401  (re-exported)
 from lodsgs.prior.guidance import Guidance
 from lodsgs.reference import Reference, append_camera, load_reference, reference_camera, reference_loss
 from lodsgs.runlog import make_record
@@ -29,18 +28,6 @@ from lodsgs.splats.densify import Densifier
 from lodsgs.splats.model import Splats, make_optimizers
 from lodsgs.splats.render import render
 from lodsgs.starts import init_splats
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LodsgsError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
-    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
 
 
 @dataclass

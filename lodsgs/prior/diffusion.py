@@ -9,6 +9,7 @@ A model is a hub id or a local folder in the diffusers pipeline layout: ``unet/`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from lodsgs.errors import LodsgsError
+
+if TYPE_CHECKING:
+    from lodsgs.config import Config
 from lodsgs.prior.hub import SD21, SHAPES_DIR, resolve_model, snapshot  # noqa: F401  (resolve_model: re-exported)
 
 DEFAULT_MODEL = SD21
@@ -209,3 +213,17 @@ class DiffusionPrior(nn.Module):
         if self.vae is not None:
             x = self.vae.decode((x / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
         return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """run.device as a torch device ("auto": CUDA when there is one); one line for cuda without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LodsgsError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
+    """The config's prior (``prior.model`` at ``prior.revision``) on ``device``."""
+    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
