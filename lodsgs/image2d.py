@@ -158,6 +158,7 @@ def optimize(prior, prompt: str, cfg: Config, params: Tensor, source: tuple[str,
 
     run, c = cfg.run, cfg.canvas
     torch.manual_seed(run.seed)  # LoRA's A matrices are drawn from the global generator (peft): seed them
+    prior.use_bf16(cfg.prior.bf16)
     guidance = Guidance(prior, guidance_config(cfg, source[0] if source else None), prompt, seed=run.seed,
                         steps=run.steps)
     gen = torch.Generator().manual_seed(run.seed + 1)

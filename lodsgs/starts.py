@@ -114,7 +114,7 @@ def prior_start(cfg: Config, prompt: str, prior: DiffusionPrior) -> Splats:
 def front_samples(cfg: Config, prompt: str, prior: DiffusionPrior, n: int) -> torch.Tensor:
     """``n`` of the prior's DDIM samples [n,H,W,3] of the prompt's front view, seeded by run.seed."""
     text = prior.view_prompts(prompt, ["front"])[0] if cfg.guidance.view_dependent else prompt
-    return prior.sample(text, n=n, guidance_scale=cfg.init.sample_scale, seed=cfg.run.seed,
+    return prior.sample(text, n=n, steps=cfg.init.sample_steps, guidance_scale=cfg.init.sample_scale, seed=cfg.run.seed,
                         negative_prompt=cfg.guidance.negative_prompt).float().cpu()
 
 

@@ -52,6 +52,7 @@ def build_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.d
     """A fresh run's state; ``start`` replaces init_splats (a resume passes its checkpoint's splats, so a
     start drawn from the prior's samples is not drawn again)."""
     torch.manual_seed(cfg.run.seed)
+    prior.use_bf16(cfg.prior.bf16)  # per run: a prior shared by a batch follows each run's settings
     reference = load_reference(cfg.image, cfg.camera.width, cfg.render.background) if cfg.image.path else None
     splats = (start if start is not None else init_splats(cfg, prompt, prior)).to(device)
     optimizers = make_optimizers(splats, lrs(cfg, 0))

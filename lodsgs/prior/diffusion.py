@@ -100,6 +100,15 @@ class DiffusionPrior(nn.Module):
                 module.requires_grad_(False).eval()
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
         self._text_cache: dict[str, Tensor] = {}
+        self.bf16 = False  # no-grad UNet calls under bf16 autocast (use_bf16)
+
+    def use_bf16(self, wanted: bool) -> bool:
+        """Run the UNet's no-grad calls (CFG pairs, samples) under bf16 autocast when ``wanted`` and this is a CPU
+        with native bf16 (AVX512-BF16, AMX), where oneDNN's bf16 convolutions run ~1.6x faster than fp32 ones;
+        calls with grad (the prior loss, whose backward is slower in bf16 there) stay fp32. Returns the choice."""
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        self.bf16 = bool(wanted and self.device.type == "cpu" and native and self.dtype == torch.float32)
+        return self.bf16
 
     @classmethod
     def from_pretrained(cls, model: str, device: torch.device | str = "cpu", revision: str = "") -> DiffusionPrior:
@@ -130,6 +139,8 @@ class DiffusionPrior(nn.Module):
                    if _has_vae(model) else None)
         except (OSError, ValueError, EntryNotFoundError) as e:  # missing files, offline hub, gated or bad repo id
             raise _missing_model_error(model, e) from None
+        if device.type == "cpu":  # oneDNN's convolutions are 10-15% faster on NHWC tensors (the UNet's inputs follow)
+            unet.to(memory_format=torch.channels_last)
         return cls(unet, scheduler, text_encoder, tokenizer, vae, name=model).to(device)
 
     @property
@@ -188,11 +199,15 @@ class DiffusionPrior(nn.Module):
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, lora_scale: float | None = None) -> Tensor:
-        """ε_φ(x_t; embeddings, t) in fp32. ``lora_scale`` scales active LoRA adapters (None: adapters at 1)."""
+        """ε_φ(x_t; embeddings, t) in fp32. ``lora_scale`` scales active LoRA adapters (None: adapters at 1).
+        Under no_grad with ``use_bf16`` on, the call runs under bf16 autocast."""
         kwargs = {"scale": lora_scale} if lora_scale is not None else None
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
-                        cross_attention_kwargs=kwargs).sample
-        return out.float()
+        x = x_t.to(self.dtype)
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and not torch.is_grad_enabled()):
+            out = self.unet(x, t, encoder_hidden_states=embeddings.to(self.dtype), cross_attention_kwargs=kwargs).sample
+        return out.float().contiguous()
 
     @torch.no_grad()
     def sample(self, prompt: str, n: int = 1, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
@@ -225,5 +240,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_prior(cfg: Config, device: torch.device) -> DiffusionPrior:
-    """The config's prior (``prior.model`` at ``prior.revision``) on ``device``."""
-    return DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
+    """The config's prior (``prior.model`` at ``prior.revision``) on ``device``, bf16 as ``prior.bf16`` says."""
+    prior = DiffusionPrior.from_pretrained(resolve_model(cfg.prior.model), device=device, revision=cfg.prior.revision)
+    prior.use_bf16(cfg.prior.bf16)
+    return prior
