@@ -138,7 +138,7 @@ class GltfFile:
         what = f"its {semantic} accessor"
         acc = self.item("accessors", index, f"attribute {semantic}")
         kind, allowed = LAYOUTS["SH" if ":SH_DEGREE_" in semantic else semantic]
-        if semantic == "POSITION" and "KHR_mesh_quantization" in (self.doc.get("extensionsUsed") or []):
+        if semantic == "POSITION" and "KHR_mesh_quantization" in _strings(self.doc.get("extensionsUsed")):
             allowed = allowed | QUANTIZED
         ctype, normalized = acc.get("componentType"), acc.get("normalized", False)
         known = isinstance(ctype, int) and isinstance(normalized, bool) and (ctype, normalized) in allowed
