@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lodsgs.clock import Laps
 from lodsgs.config import Config, load_config, settings_overrides
 from lodsgs.errors import Diverged, OutOfMemory
 from lodsgs.names import resolve_model
@@ -95,18 +96,23 @@ def run(prompt: str, cfg: Config, out: Path | None = None, resume: bool = False,
     inputs (prompt, prior, init file, checkpoint) runs before the folder is touched. ``on_step`` (the CLI's live
     view) gets a StepReport after every step and once more when done; ``should_stop`` (a Ray batch's
     cancellation flag) stops the run like Ctrl-C."""
+    laps = Laps(since_start=prior is None)  # a prior loaded here: the imports before count with its load
     check_prompt(prompt, resolve_model(cfg.prior.model), cfg.prior.model)
     device = resolve_device(cfg.run.device)
     run_dir = None if out is None else checked_run_dir(out, run_name(prompt, cfg.run.seed, cfg.image.path), resume,
                                                        overwrite)
     saved = read_checkpoint(run_dir / LAST_CHECKPOINT, cfg) if run_dir is not None and resume else None
-    s = start_state(cfg, prompt, prior or load_prior(cfg, device), device, saved)
+    prior = prior or load_prior(cfg, device)
+    laps.lap("imports_and_prior")
+    s = start_state(cfg, prompt, prior, device, saved)
+    laps.lap("start")
     if run_dir is None:
         log = train(cfg, s, device, prompt, quiet, on_step, should_stop)
+        laps.lap("loop")
         metrics = {"prompt": prompt, "steps": s.step, "seconds": round(s.seconds, 3), "gaussians": s.splats.num,
-                   "peak_memory_mb": peak_memory_mb(device)}
+                   "peak_memory_mb": peak_memory_mb(device), "wall_seconds": laps.seconds}
     else:
-        log, metrics = run_in_folder(cfg, s, run_dir, prompt, device, resume, quiet, on_step, should_stop)
+        log, metrics = run_in_folder(cfg, s, run_dir, prompt, device, resume, quiet, on_step, should_stop, laps)
     if on_step is not None:
         on_step(StepReport(prompt, s.step, cfg.run.steps, s.splats, s.logs, cfg.camera, done=True, state=s))
     return GenerateOutput(s.splats, log, metrics, cfg, run_dir)
@@ -114,7 +120,7 @@ def run(prompt: str, cfg: Config, out: Path | None = None, resume: bool = False,
 
 def run_in_folder(cfg: Config, s: State, run_dir: Path, prompt: str, device: torch.device, resume: bool,
                   quiet: bool, on_step: Callable[[StepReport], None] | None,
-                  should_stop: Callable[[], bool] | None) -> tuple[list[dict], dict]:
+                  should_stop: Callable[[], bool] | None, laps: Laps) -> tuple[list[dict], dict]:
     """The trainer with the run folder's persistence; the outputs once it finishes. Returns (log, metrics)."""
     open_run_dir(run_dir, cfg, prompt, fresh=not resume)
     if s.reference is not None:
@@ -134,7 +140,8 @@ def run_in_folder(cfg: Config, s: State, run_dir: Path, prompt: str, device: tor
         except OutOfMemory as e:  # a whole state (the last finished step's) is saved first (Diverged if not finite)
             saved = str(folder.save(s)) if e.whole else folder.last_good()
             raise OutOfMemory(e.step, e.detail, e.shrink, e.whole, saved, in_folder=True) from None
-    return log, write_outputs(s, cfg, run_dir, prompt, device, s.logs)
+    laps.lap("loop")
+    return log, write_outputs(s, cfg, run_dir, prompt, device, s.logs, laps)
 
 
 def start_state(cfg: Config, prompt: str, prior: DiffusionPrior, device: torch.device,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from lodsgs.clock import Laps
 from lodsgs.config import Config, config_diff, config_hash, image_digest, save_config, to_dict
 from lodsgs.errors import Diverged, LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
@@ -163,9 +164,10 @@ class RunFolder:
 
 
 def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: torch.device,
-                  logs: dict[str, float]) -> dict:
+                  logs: dict[str, float], laps: Laps | None = None) -> dict:
     """The finished run's checkpoint, splats (.ply, .splat, .spz), turntable and preview, and metrics.json (also
-    returned)."""
+    returned). ``laps``: the run's wall time so far; the outputs' lap is added and the whole goes in the metrics."""
+    laps = laps or Laps()
     from lodsgs.media import write_media
 
     save_checkpoint(s, cfg, run_dir / LAST_CHECKPOINT)
@@ -190,6 +192,8 @@ def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: tor
         "peak_memory_mb": peak_memory_mb(device),
         "final": {k: round(v, 6) for k, v in logs.items()},
     }
+    laps.lap("outputs")
+    metrics["wall_seconds"] = laps.seconds  # imports_and_prior, start, loop (this session's), outputs
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
