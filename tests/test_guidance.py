@@ -348,3 +348,34 @@ def test_fp16_prior_loss_is_scaled_so_alpha_gets_gradients(tiny_prior_dirs):
     assert (naive == 0).all() or torch.nn.functional.cosine_similarity(naive, reference, dim=0) < 0.5
     scaled = alpha_grad(half=True, scaled=True)
     assert torch.nn.functional.cosine_similarity(scaled, reference, dim=0) > 0.999
+
+
+def test_bf16_keeps_the_gradient_direction_and_the_prior_loss_exact():
+    """prior.bf16 on a CPU with native bf16: the CFG pair runs under bf16 autocast. On the shipped prior, with renders
+    of a truth object, the gradient on the renders keeps its direction (against fp32, same t and ε: cosine 0.989-0.998
+    per view, measured 2026-12-06), and the prior loss (fp32 in both) is identical."""
+    from lodsgs.cameras import CameraConfig, sample_cameras
+    from lodsgs.names import SHAPES_DIR
+    from lodsgs.prior.shapes.world import build_object
+    from lodsgs.splats.render import render
+
+    prior = DiffusionPrior.from_pretrained(str(SHAPES_DIR))
+    if not prior.use_bf16(True):
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16)")
+    cams = sample_cameras(CameraConfig(radius=(2.3, 2.8), fovy=(38.0, 46.0)), 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shots = render(build_object("a red cube"), cams, background=torch.ones(3)).rgb
+    cfg = GuidanceConfig(method="lods-embedding", guidance_scale=3.0, negative_prompt="")
+    results = {}
+    for bf16 in (False, True):
+        prior.bf16 = bf16
+        guidance = Guidance(prior, cfg, "a red cube", seed=5)
+        images = shots.clone().requires_grad_(True)
+        out = guidance(images, ["front", "side", "back", "side"], step=0)
+        (grad,) = torch.autograd.grad(out.loss, images)
+        (alpha_grad,) = torch.autograd.grad(out.prior_loss, guidance.embedding)
+        results[bf16] = grad.flatten(1), alpha_grad, out.prior_loss.item()
+    cosine = torch.nn.functional.cosine_similarity(results[True][0], results[False][0], dim=1)
+    assert cosine.min() >= 0.985 and cosine.mean() >= 0.99, cosine
+    assert results[True][2] == results[False][2]
+    assert torch.equal(results[True][1], results[False][1])
