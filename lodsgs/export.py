@@ -1,5 +1,6 @@
 """``lodsgs export``: splats to another splat format (.splat, .spz, .ply, .ply with SH degree 3) or to a mesh
-(.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension."""
+(.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension. ``spz`` is Niantic's version
+4 (zstd), ``spz-v2`` version 2 (gzip) for web viewers that read no later one; both end in .spz."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from lodsgs.config import Config, load_config
 from lodsgs.errors import LodsgsError
 from lodsgs.summary import must_exist
 
-SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "ply": ".ply", "ply-sh3": ".ply"}  # format -> extension
+SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "spz-v2": ".spz", "ply": ".ply", "ply-sh3": ".ply"}  # -> extension
 MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
 
 
@@ -20,8 +21,8 @@ def export(file: Path, format: str | None = None, out: Path | None = None, sets:
     fmt = format or export_format(out)
     suffix = {**SPLAT_FORMATS, **MESH_FORMATS}.get(fmt)
     if suffix is None:
-        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply or ply-sh3 (splats), glb, obj or "
-                          "mesh-ply (a mesh)")
+        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, spz-v2, ply or ply-sh3 (splats), glb, obj "
+                          "or mesh-ply (a mesh)")
     if out is not None and out.suffix.lower() != suffix:
         raise LodsgsError(f"--out {str(out)!r} does not end in {suffix}, the --format {fmt} extension")
     if sets and fmt not in MESH_FORMATS:
@@ -46,6 +47,8 @@ def write_export(file: Path, fmt: str, target: Path, cfg: Config) -> None:
         write_mesh(splats_to_mesh(splats, cfg.mesh), target, fmt)
     elif fmt == "ply-sh3":
         write_ply(splats, target, sh_degree=3)
+    elif fmt == "spz-v2":
+        write_spz(splats, target, version=2)
     else:
         {"splat": write_splat, "spz": write_spz, "ply": write_ply}[fmt](splats, target)
 
