@@ -4,6 +4,7 @@ headless chromium, asserted on screenshot pixels against lodsgs's own render fro
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import browser
@@ -92,7 +93,8 @@ def test_exports_in_spark(name, fmt, tmp_path):
     browser.need((browser.WEB_CACHE / "node_modules" / "@sparkjsdev" / "spark").is_dir(),
          f"Spark is not installed in {browser.WEB_CACHE} (make web)")
     splats = SCENES[name]()
-    {"ply": write_ply, "splat": write_splat, "spz": write_spz}[fmt](splats, tmp_path / f"scene.{fmt}")
+    spz_v2 = partial(write_spz, version=2)  # Spark 2.2.0 reads .spz versions 1-3 (rust/spark-lib/src/spz.rs)
+    {"ply": write_ply, "splat": write_splat, "spz": spz_v2}[fmt](splats, tmp_path / f"scene.{fmt}")
     shot = three_page_shot(tmp_path, f"scene.{fmt}")
     position, fov = eval_camera_pose(CAMERA)
     ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
