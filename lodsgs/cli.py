@@ -171,10 +171,10 @@ def export(
     file: Annotated[Path, typer.Argument(help="A splat file (.ply, .splat, .spz, glTF splats .glb) or a run "
                                               "folder.")],
     format: Annotated[str | None, typer.Option(
-        "--format", "-f", help="splat, spz (version 4), spz-v2 (version 2, for viewers that read no later .spz), ply, "
-                               "ply-sh3 or gltf-splats (splats; gltf-splats is a .glb of glTF's KHR_gaussian_splatting); "
-                               "glb, obj or mesh-ply (a mesh). Default: from --out's extension (.spz: version 4; .glb: the "
-                               "mesh), else splat.", show_default=False)] = None,
+        "--format", "-f", help="splat, spz (version 4), spz-v2 (version 2, for viewers that read no later .spz), "
+                               "ply, ply-sh3 or gltf-splats (splats; gltf-splats is a .glb of glTF's "
+                               "KHR_gaussian_splatting); glb, obj or mesh-ply (a mesh). Default: from --out's "
+                               "extension (.spz: version 4; .glb: the mesh), else splat.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The file written (default: beside the input, "
                                              "with the format's extension).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="Mesh setting: mesh.key=value "
