@@ -166,7 +166,8 @@ class RunFolder:
 def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: torch.device,
                   logs: dict[str, float], laps: Laps | None = None) -> dict:
     """The finished run's checkpoint, splats (.ply, .splat, .spz of version 4), turntable and preview, and
-    metrics.json (also returned). ``laps``: the run's wall time so far; the outputs' lap is added and the whole goes in the metrics."""
+    metrics.json (also returned). ``laps``: the run's wall time so far; the outputs' lap is added and the whole
+    goes in the metrics."""
     laps = laps or Laps()
     from lodsgs.media import write_media
 
