@@ -32,6 +32,9 @@ def test_cli_generate_writes_every_output(tiny_sets, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["gaussians"] > 0 and metrics["seconds"] > 0
     assert "loss" in metrics["final"]
+    wall = metrics["wall_seconds"]  # where a user's wait went: every part measured, the loop among them
+    assert list(wall) == ["imports_and_prior", "start", "loop", "outputs"] and min(wall.values()) >= 0
+    assert wall["loop"] >= metrics["seconds"] * 0.9
     splats = read_ply(run / "splats.ply")
     assert splats.num == metrics["gaussians"]
     info = runner.invoke(app, ["info", str(run)])
