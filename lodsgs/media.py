@@ -16,15 +16,19 @@ from lodsgs.files import atomic_path
 from lodsgs.splats.model import Splats
 from lodsgs.splats.render import render
 
+TURNTABLE_BATCH = 12  # views rendered in one call
+
 
 @torch.no_grad()
 def turntable(splats: Splats, cam: CameraConfig, frames: int, size: int,
               background: tuple[float, float, float]) -> np.ndarray:
-    """``frames`` views around the object at the eval elevation, uint8 [F,H,W,3]."""
+    """``frames`` views around the object at the eval elevation, uint8 [F,H,W,3], rendered ``TURNTABLE_BATCH`` views
+    a call (one call per view spends as long again in per-call work on a CPU)."""
     cams = eval_cameras(cam, frames, width=size, height=size).to(splats.device)
     bg = torch.tensor(background, dtype=torch.float32, device=splats.device)
-    images = [render(splats, cams[i], background=bg).rgb[0] for i in range(frames)]
-    return (torch.stack(images).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    images = [render(splats, cams[list(range(i, min(i + TURNTABLE_BATCH, frames)))], background=bg).rgb
+              for i in range(0, frames, TURNTABLE_BATCH)]
+    return (torch.cat(images).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def grid(images: np.ndarray, cols: int = 4) -> np.ndarray:
