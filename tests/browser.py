@@ -132,6 +132,62 @@ def own_render(splats: Splats, position: tuple[float, float, float], fovy_deg: f
     return out.rgb[0].clamp(0, 1).numpy()
 
 
+# How a viewer turns a projected Gaussian into alpha, by sigma = d²/2 (d: the pixel's Mahalanobis distance from
+# the centre, in standard deviations) and opacity o. lodsgs follows gsplat (alpha = min(0.999, o·exp(-sigma)), dropped
+# below 1/255: about 3.3 σ at o = 0.95); the viewers cut each Gaussian off at a fixed distance instead.
+KERNELS = {
+    "gsplat": lambda sigma, o: torch.where(o * torch.exp(-sigma) >= 1 / 255, (o * torch.exp(-sigma)).clamp_max(0.999), 0.0),
+    # Spark (SparkRenderer maxStdDev √8), Babylon.js (gaussianSplattingFragmentDeclaration: discard beyond A < -4)
+    "cut √8σ": lambda sigma, o: torch.where(sigma <= 4, o * torch.exp(-sigma), 0.0),
+    # PlayCanvas (shader-lib gsplat frag normExp): cut at √8σ and faded to 0 there
+    "faded to 0 at √8σ": lambda sigma, o: torch.where(
+        sigma <= 4, o * (torch.exp(-sigma) - math.exp(-4)) / (1 - math.exp(-4)), 0.0),
+    # three.js GaussianSplat (fragment node: discard r² > 4)
+    "cut 2σ": lambda sigma, o: torch.where(sigma <= 2, o * torch.exp(-sigma), 0.0),
+}
+
+
+def kernel_render(splats: Splats, position: tuple[float, float, float], fovy_deg: float, width: int, height: int,
+                  background: np.ndarray, kernel: str, tile: int = 32) -> np.ndarray:
+    """lodsgs's splats drawn with a viewer's kernel (KERNELS), otherwise as ``own_render`` draws them (gsplat's
+    projection and 0.3 px² low-pass, depth order, front-to-back blending), tile by tile with the Gaussians that
+    reach each tile. Tells a viewer's own kernel cut-off apart from a misread file."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+
+    x, y, z = position
+    r = math.sqrt(x * x + y * y + z * z)
+    cams = orbit_cameras(math.degrees(math.asin(y / r)), math.degrees(math.atan2(x, z)), r, fovy_deg, width, height)
+    with torch.no_grad():
+        covars, _ = _quat_scale_to_covar_preci(splats.quats, splats.scales, compute_covar=True, compute_preci=False)
+        _, means2d, depths, conics, _ = _fully_fused_projection(
+            splats.means, covars, cams.viewmats, cams.Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10)
+        campos = torch.linalg.inv(cams.viewmats)[0, :3, 3]
+        colors = (_spherical_harmonics(splats.sh_degree, splats.means - campos, splats.sh) + 0.5).clamp_min(0.0)
+        order = torch.argsort(depths[0])
+        order = order[depths[0, order] > 0.01]
+        means2d, conics, colors, opac = means2d[0, order], conics[0, order], colors[order], splats.opacities[order]
+        a, b, c = conics.unbind(-1)
+        reach = 3.5 * torch.sqrt(torch.maximum(c, a) / (a * c - b * b))  # px, beyond every kernel's cut-off
+        bg = torch.as_tensor(background, dtype=torch.float32)
+        img = bg.expand(height, width, 3).clone()
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
+                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+                near = ((means2d[:, 0] + reach > x0) & (means2d[:, 0] - reach < x1) &
+                        (means2d[:, 1] + reach > y0) & (means2d[:, 1] - reach < y1))
+                if not near.any():
+                    continue
+                ys, xs = torch.meshgrid(torch.arange(y0, y1) + 0.5, torch.arange(x0, x1) + 0.5, indexing="ij")
+                dx = means2d[near, 0, None] - xs.reshape(1, -1)
+                dy = means2d[near, 1, None] - ys.reshape(1, -1)
+                sigma = 0.5 * (a[near, None] * dx * dx + c[near, None] * dy * dy) + b[near, None] * dx * dy
+                alpha = KERNELS[kernel](sigma, opac[near, None]).clamp_min(0.0)  # [n, P], front to back
+                before = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - alpha]), 0)  # transmittance
+                rgb = (alpha * before[:-1]).T @ colors[near] + before[-1][:, None] * bg
+                img[y0:y1, x0:x1] = rgb.reshape(y1 - y0, x1 - x0, 3)
+    return img.clamp(0, 1).numpy()
+
+
 def compare(shot: np.ndarray, ours: np.ndarray, background: np.ndarray) -> dict[str, float]:
     """Silhouette IoU, and the mean colour difference on the pixels both call foreground."""
     a, b = foreground(shot, background), foreground(ours, background)
