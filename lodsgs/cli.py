@@ -140,7 +140,8 @@ def batch(
 @app.command(epilog="**Example**\n\n    lodsgs render runs/a-red-cube-1a2b3c4d --frames 60 --size 512")
 @friendly
 def render(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder or a splat file (.ply, .splat, .spz).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder or a splat file (.ply, .splat, .spz, glTF splats "
+                                                 ".glb).")],
     frames: Annotated[int, typer.Option(help="Turntable frames.")] = 36,
     size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The .gif written (default: turntable.gif beside "
@@ -159,21 +160,25 @@ def render(
 
     lodsgs export runs/x --out x.glb                         # a vertex-coloured mesh (pip install 'lodsgs[mesh]')
 
+    lodsgs export runs/x --format gltf-splats --out x.glb    # the splats themselves, glTF KHR_gaussian_splatting
+
     lodsgs export runs/x/splats.spz --format mesh-ply --set mesh.faces=20000
 """)
 @friendly
 def export(
-    file: Annotated[Path, typer.Argument(help="A splat file (.ply, .splat, .spz) or a run folder.")],
+    file: Annotated[Path, typer.Argument(help="A splat file (.ply, .splat, .spz, glTF splats .glb) or a run "
+                                              "folder.")],
     format: Annotated[str | None, typer.Option(
-        "--format", "-f", help="splat, spz, ply or ply-sh3 (splats); glb, obj or mesh-ply (a mesh). Default: from "
-                               "--out's extension, else splat.", show_default=False)] = None,
+        "--format", "-f", help="splat, spz, ply, ply-sh3 or gltf-splats (splats; gltf-splats is a .glb of glTF's "
+                               "KHR_gaussian_splatting); glb, obj or mesh-ply (a mesh). Default: from --out's "
+                               "extension (.glb: the mesh), else splat.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The file written (default: beside the input, "
                                              "with the format's extension).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="Mesh setting: mesh.key=value "
                                                    "(repeatable; see docs/mesh.md).")] = None,
 ) -> None:
-    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, a .ply with SH degree 3, or a
-    vertex-coloured watertight mesh (.glb, .obj, .ply)."""
+    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, a .ply with SH degree 3, glTF
+    splats (a .glb with KHR_gaussian_splatting), or a vertex-coloured watertight mesh (.glb, .obj, .ply)."""
     from lodsgs.export import export as convert
     typer.echo(f"wrote {convert(file, format, out, sets)}")
 
@@ -186,7 +191,8 @@ def export(
 """)
 @friendly
 def view(
-    target: Annotated[Path, typer.Argument(help="A run folder, or a .ply, .splat or .spz file.")],
+    target: Annotated[Path, typer.Argument(help="A run folder, or a .ply, .splat, .spz or glTF splats .glb "
+                                                "file.")],
     port: PortOpt = 8080,
     host: HostOpt = "127.0.0.1",
 ) -> None:
@@ -205,8 +211,8 @@ def view(
 @app.command(epilog="**Examples**\n\n    lodsgs info runs/a-red-cube-1a2b3c4d\n\n    lodsgs info --system")
 @friendly
 def info(
-    path: Annotated[Path | None, typer.Argument(help="A run folder, a .ply, .splat or .spz file, or a mesh "
-                                                     "(.glb, .obj, or a .ply with faces).")] = None,
+    path: Annotated[Path | None, typer.Argument(help="A run folder, a .ply, .splat, .spz or glTF splats .glb "
+                                                     "file, or a mesh (.glb, .obj, or a .ply with faces).")] = None,
     system: Annotated[bool, typer.Option("--system", help="What this machine can run: torch, CUDA, gsplat, "
                                                           "nvcc, the fused kernel.")] = False,
 ) -> None:
@@ -219,7 +225,7 @@ def info(
         if path is None:
             return
     if path is None:
-        raise LodsgsError("give a run folder or a .ply, .splat or .spz file, or --system")
+        raise LodsgsError("give a run folder, a .ply, .splat, .spz or .glb file, or --system")
     from lodsgs.summary import describe
     typer.echo(describe(path))
 

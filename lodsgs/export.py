@@ -1,5 +1,9 @@
-"""``lodsgs export``: splats to another splat format (.splat, .spz, .ply, .ply with SH degree 3) or to a mesh
-(.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension."""
+"""``lodsgs export``: splats to another splat format (.splat, .spz, .ply, .ply with SH degree 3, glTF splats) or to
+a mesh (.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension.
+
+Two formats write .glb: ``glb`` is a triangle mesh (mesh.py), ``gltf-splats`` the splats themselves as glTF's
+KHR_gaussian_splatting (gltf.py). An --out ending in .glb means the mesh, as before; the splats need
+``--format gltf-splats``."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from lodsgs.config import Config, load_config
 from lodsgs.errors import LodsgsError
 from lodsgs.summary import must_exist
 
-SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "ply": ".ply", "ply-sh3": ".ply"}  # format -> extension
+SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "ply": ".ply", "ply-sh3": ".ply", "gltf-splats": ".glb"}  # -> ext
 MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
 
 
@@ -20,14 +24,15 @@ def export(file: Path, format: str | None = None, out: Path | None = None, sets:
     fmt = format or export_format(out)
     suffix = {**SPLAT_FORMATS, **MESH_FORMATS}.get(fmt)
     if suffix is None:
-        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply or ply-sh3 (splats), glb, obj or "
-                          "mesh-ply (a mesh)")
+        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply, ply-sh3 or gltf-splats (splats), glb, "
+                          "obj or mesh-ply (a mesh)")
     if out is not None and out.suffix.lower() != suffix:
         raise LodsgsError(f"--out {str(out)!r} does not end in {suffix}, the --format {fmt} extension")
     if sets and fmt not in MESH_FORMATS:
         raise LodsgsError("--set applies to the mesh formats (glb, obj, mesh-ply) only")
     cfg, file = export_source(file, sets or [])
-    default = file.with_name(file.stem + "_sh3.ply") if fmt == "ply-sh3" else file.with_suffix(suffix)
+    tail = {"ply-sh3": "_sh3.ply", "gltf-splats": "_splats.glb"}.get(fmt)  # never the name another format takes
+    default = file.with_name(file.stem + tail) if tail else file.with_suffix(suffix)
     target = out or default
     if target.resolve() == file.resolve():
         raise LodsgsError(f"{str(file)!r} is the input; give --out for the {fmt} file")
@@ -37,6 +42,7 @@ def export(file: Path, format: str | None = None, out: Path | None = None, sets:
 
 def write_export(file: Path, fmt: str, target: Path, cfg: Config) -> None:
     """Read the splats and write them to ``target`` as ``fmt``."""
+    from lodsgs.splats.gltf import write_gltf_splats
     from lodsgs.splats.io import load_splats, write_ply, write_splat
     from lodsgs.splats.spz import write_spz
 
@@ -47,11 +53,13 @@ def write_export(file: Path, fmt: str, target: Path, cfg: Config) -> None:
     elif fmt == "ply-sh3":
         write_ply(splats, target, sh_degree=3)
     else:
-        {"splat": write_splat, "spz": write_spz, "ply": write_ply}[fmt](splats, target)
+        writers = {"splat": write_splat, "spz": write_spz, "ply": write_ply, "gltf-splats": write_gltf_splats}
+        writers[fmt](splats, target)
 
 
 def export_format(out: Path | None) -> str:
-    """The export format --out's extension names; .ply is splats or a mesh, so it needs --format."""
+    """The export format --out's extension names; .ply is splats or a mesh, so it needs --format; .glb is the mesh
+    (``--format gltf-splats`` writes splats there)."""
     if out is None:
         return "splat"
     by_suffix = {".splat": "splat", ".spz": "spz", ".glb": "glb", ".obj": "obj"}

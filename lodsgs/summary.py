@@ -14,7 +14,7 @@ def must_exist(path: Path) -> None:
     """A missing path is "no such file", not a complaint about its format."""
     if not path.exists():
         raise LodsgsError(f"no such file or folder: {str(path)!r}; give a run folder, a splat file (.ply, .splat, "
-                          ".spz) or a mesh (.glb, .obj)")
+                          ".spz, a glTF splats .glb) or a mesh (.glb, .obj)")
 
 
 def describe(path: Path) -> str:
@@ -56,9 +56,13 @@ def describe_run(path: Path) -> str:
 
 
 def is_mesh_file(path: Path) -> bool:
-    """A .glb / .gltf / .obj, or a .ply with a face element (a splat .ply has vertices only)."""
+    """A .glb without KHR_gaussian_splatting (with it, it holds splats), a .gltf or .obj, or a .ply with a face
+    element (a splat .ply has vertices only)."""
     suffix = path.suffix.lower()
-    if suffix in (".glb", ".gltf", ".obj"):
+    if suffix == ".glb":
+        from lodsgs.splats.gltf import is_gltf_splats
+        return not is_gltf_splats(path)
+    if suffix in (".gltf", ".obj"):
         return True
     if suffix != ".ply" or not path.is_file():
         return False

@@ -58,7 +58,8 @@ class Target:
 
 
 def load_target(path: Path) -> Target:
-    """A run folder (its splats.ply, or its last checkpoint if it never finished) or a .ply/.splat/.spz file."""
+    """A run folder (its splats.ply, or its last checkpoint if it never finished) or a splat file (.ply, .splat,
+    .spz, or a glTF splats .glb: load_splats)."""
     from lodsgs.config import load_config
     from lodsgs.splats.io import load_splats
 

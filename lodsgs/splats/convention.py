@@ -66,12 +66,17 @@ def check_splats(params: dict[str, Tensor], path: Path | str, doing: str = "read
                           f"e^±{MAX_LOG_SCALE:g} (a damaged file or a diverged run)")
 
 
-def file_params(splats: Splats, path: Path | str = "the splat file") -> dict[str, Tensor]:
-    """The splats' raw parameters as a file stores them: on the CPU, float32, y down; refused (check_splats) when
-    they could not be read back, so nothing non-finite is ever written."""
+def world_params(splats: Splats, path: Path | str = "the splat file") -> dict[str, Tensor]:
+    """The splats' raw parameters on the CPU, float32, in lodsgs's y-up world (glTF's axes, gltf.py); refused
+    (check_splats) when they could not be read back, so nothing non-finite is ever written."""
     params = {k: v.detach().cpu().float() for k, v in splats.params.items()}
     check_splats(params, path, doing="write")
-    return flip_yz(params)
+    return params
+
+
+def file_params(splats: Splats, path: Path | str = "the splat file") -> dict[str, Tensor]:
+    """The splats' raw parameters as a y-down file (.ply, .splat, .spz) stores them (``world_params`` flipped)."""
+    return flip_yz(world_params(splats, path))
 
 
 def write_atomic(path: Path | str, write) -> None:

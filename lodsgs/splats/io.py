@@ -1,5 +1,5 @@
 """Splat files: INRIA 3DGS ``.ply`` (write + exact read) and antimatter15 ``.splat``; ``load_splats`` reads any
-format lodsgs writes (``.spz`` through spz.py).
+format lodsgs writes (``.spz`` through spz.py, glTF splats ``.glb`` through gltf.py).
 
 Files are y down, the world y up (convention.py: a 180° rotation about x that reading undoes bit for bit).
 Layouts: the INRIA 3DGS PLY (graphdeco-inria/gaussian-splatting) and antimatter15/splat's convert.py.
@@ -165,13 +165,15 @@ def splat_file_splats(path: Path | str) -> Splats:
     return Splats(unflip_yz(params))
 
 
-SPLAT_SUFFIXES = (".ply", ".splat", ".spz")
+SPLAT_SUFFIXES = (".ply", ".splat", ".spz", ".glb")
 
 
 def load_splats(path: Path | str) -> Splats:
-    """Any splat file lodsgs writes (.ply, .splat, .spz), by its suffix, in lodsgs's y-up world."""
+    """Any splat file lodsgs writes (.ply, .splat, .spz, and .glb with KHR_gaussian_splatting: gltf.py, which
+    names a mesh .glb as such), by its suffix, in lodsgs's y-up world."""
+    from lodsgs.splats.gltf import read_gltf_splats
     path = Path(path)
-    readers = {".ply": read_ply, ".splat": splat_file_splats, ".spz": read_spz}
+    readers = {".ply": read_ply, ".splat": splat_file_splats, ".spz": read_spz, ".glb": read_gltf_splats}
     if path.suffix.lower() not in readers:
         raise LodsgsError(f"cannot read {str(path)!r}: not a splat file; give a {', '.join(SPLAT_SUFFIXES)} file")
     return readers[path.suffix.lower()](path)

@@ -12,9 +12,7 @@ facing +z, one unit one metre, which is glTF's convention, so no transform is ap
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from torch import Tensor
 
 from lodsgs.config import MeshConfig, need_mesh_libraries  # noqa: F401  (re-exported: the mesh API)
 from lodsgs.errors import LodsgsError
+from lodsgs.splats.glb import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, add_accessor, glb_json_bytes, pack_glb
 from lodsgs.splats.model import Splats
 
 SEAL = 8  # cells: the shell is thickened by this much to find its inside (pinholes up to 2·SEAL cells)
@@ -244,34 +243,28 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
+# glTF's unlit material (KHR_materials_unlit): a viewer shows COLOR_0 as it is, unchanged by lights
+UNLIT_MATERIAL = {"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
+                                           "roughnessFactor": 1.0},
+                  "extensions": {"KHR_materials_unlit": {}}}
+
+
 def glb_bytes(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, rgb: np.ndarray) -> bytes:
     """A binary glTF 2.0 file of one unlit (KHR_materials_unlit) vertex-coloured mesh: float linear COLOR_0, so
     a viewer shows the splats' sRGB colours unchanged by lighting. trimesh's writer has neither unlit materials
     nor float colours (it stores uint8, whose steps are 0.05 in dark sRGB once linear)."""
-    arrays = [(np.asarray(verts, "<f4"), 5126, "VEC3", 34962), (np.asarray(normals, "<f4"), 5126, "VEC3", 34962),
-              (srgb_to_linear(np.asarray(rgb, np.float64)).astype("<f4"), 5126, "VEC3", 34962),
-              (np.asarray(faces, "<u4").reshape(-1), 5125, "SCALAR", 34963)]
-    blob, views, accessors = b"", [], []
-    for i, (a, ctype, kind, target) in enumerate(arrays):
-        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": a.nbytes, "target": target})
-        acc = {"bufferView": i, "componentType": ctype, "count": len(a), "type": kind}
-        if i == 0:
-            acc |= {"min": a.min(0).tolist(), "max": a.max(0).tolist()}
-        accessors.append(acc)
-        blob += a.tobytes() + b"\0" * (-a.nbytes % 4)
-    doc = {"asset": {"version": "2.0", "generator": "lodsgs"}, "extensionsUsed": ["KHR_materials_unlit"],
-           "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "splats"}],
-           "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3,
-                                       "material": 0, "mode": 4}]}],
-           "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
-                                                   "roughnessFactor": 1.0},
-                          "extensions": {"KHR_materials_unlit": {}}}],
-           "buffers": [{"byteLength": len(blob)}], "bufferViews": views, "accessors": accessors}
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
-            + struct.pack("<I4s", len(blob), b"BIN\0") + blob)
+    blob, doc = bytearray(), {"asset": {"version": "2.0", "generator": "lodsgs"},
+                              "extensionsUsed": ["KHR_materials_unlit"], "scene": 0, "scenes": [{"nodes": [0]}],
+                              "nodes": [{"mesh": 0, "name": "splats"}],
+                              "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2},
+                                                          "indices": 3, "material": 0, "mode": 4}]}],
+                              "materials": [UNLIT_MATERIAL], "buffers": [], "bufferViews": [], "accessors": []}
+    for array, bounds in ((np.asarray(verts, "<f4"), True), (np.asarray(normals, "<f4"), False),
+                          (srgb_to_linear(np.asarray(rgb, np.float64)).astype("<f4"), False)):
+        add_accessor(blob, doc, array, 5126, "VEC3", ARRAY_BUFFER, bounds)
+    add_accessor(blob, doc, np.asarray(faces, "<u4").reshape(-1), 5125, "SCALAR", ELEMENT_ARRAY_BUFFER)
+    doc["buffers"] = [{"byteLength": len(blob)}]
+    return pack_glb(doc, blob)
 
 
 def write_mesh(mesh, path: Path, fmt: str) -> None:
@@ -302,11 +295,7 @@ def load_mesh(path: Path):
 
 def glb_json(path: Path) -> bytes:
     """The JSON chunk of a binary glTF file (trimesh keeps no COLOR_0 beside a material, so ``info`` reads it)."""
-    with open(path, "rb") as f:
-        head = f.read(20)
-        if len(head) < 20 or head[:4] != b"glTF":
-            return b""
-        return f.read(struct.unpack("<I", head[12:16])[0])
+    return glb_json_bytes(path)
 
 
 def mesh_summary(mesh) -> dict:
