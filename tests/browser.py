@@ -77,23 +77,44 @@ def serve(root: Path, extra: dict[str, Path] | None = None) -> Iterator[str]:
         httpd.server_close()
 
 
-@contextlib.contextmanager
-def browser_page(width: int, height: int) -> Iterator:
-    """A fresh headless chromium page of ``width`` x ``height``; page errors and off-machine requests are kept
-    on ``page.problems``."""
+_SHARED: list = []  # [playwright, browser] while a chromium is up (one for all tests: a start costs ~1.5 s)
+
+
+def _chromium():
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": width, "height": height})
-        page.problems = []
-        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-        page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:",
-                                                               "blob:")) else page.problems.append(r.url))
-        try:
-            yield page
-        finally:
-            browser.close()
+    if _SHARED and not _SHARED[1].is_connected():
+        close_browser()
+    if not _SHARED:
+        playwright = sync_playwright().start()
+        _SHARED[:] = [playwright, playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)]
+    return _SHARED[1]
+
+
+def close_browser() -> None:
+    """Stop the shared chromium (test_browser.py does at the end of its module)."""
+    if _SHARED:
+        playwright, chromium = _SHARED
+        _SHARED.clear()
+        with contextlib.suppress(Exception):
+            chromium.close()
+        playwright.stop()
+
+
+@contextlib.contextmanager
+def browser_page(width: int, height: int) -> Iterator:
+    """A fresh headless chromium page of ``width`` x ``height`` (its own browser context, in the chromium the
+    tests share); page errors and off-machine requests are kept on ``page.problems``."""
+    context = _chromium().new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.problems = []
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:",
+                                                           "blob:")) else page.problems.append(r.url))
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def screenshot(page, background: np.ndarray, timeout_s: float = 30.0, wait_s: float = 0.5) -> np.ndarray:
@@ -136,7 +157,8 @@ def own_render(splats: Splats, position: tuple[float, float, float], fovy_deg: f
 # the centre, in standard deviations) and opacity o. lodsgs follows gsplat (alpha = min(0.999, o·exp(-sigma)), dropped
 # below 1/255: about 3.3 σ at o = 0.95); the viewers cut each Gaussian off at a fixed distance instead.
 KERNELS = {
-    "gsplat": lambda sigma, o: torch.where(o * torch.exp(-sigma) >= 1 / 255, (o * torch.exp(-sigma)).clamp_max(0.999), 0.0),
+    "gsplat": lambda sigma, o: torch.where(o * torch.exp(-sigma) >= 1 / 255, (o * torch.exp(-sigma)).clamp_max(0.999),
+                                           0.0),
     # Spark (SparkRenderer maxStdDev √8), Babylon.js (gaussianSplattingFragmentDeclaration: discard beyond A < -4)
     "cut √8σ": lambda sigma, o: torch.where(sigma <= 4, o * torch.exp(-sigma), 0.0),
     # PlayCanvas (shader-lib gsplat frag normExp): cut at √8σ and faded to 0 there
