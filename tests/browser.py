@@ -234,3 +234,16 @@ def calibration_scene(n: int = 300, seed: int = 0) -> Splats:
                       "opacities": torch.full((n,), 3.0),
                       "sh0": ((torch.tensor(rgb) - 0.5) / 0.28209479177387814).expand(n, 1, 3)})
     return Splats({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+
+
+def view_dependent(splats: Splats, seed: int = 0) -> Splats:
+    """``splats`` made grey at degree 0 with the same fixed SH bands 1-3 on every Gaussian (|c| ≤ 0.25): colours
+    that change with the view direction, band by band. A viewer that reads a band with the wrong sign or order
+    (e.g. the odd bands' flip of the y-down file convention) draws other colours: a band's sign wrong moves the
+    mean colour difference from about 0.01 to 0.14 or more."""
+    g = torch.Generator().manual_seed(seed)
+    coefficients = 0.25 * (2 * torch.rand(15, 3, generator=g) - 1)
+    params = {k: v.detach().clone() for k, v in splats.params.items()}
+    params["sh0"] = torch.zeros_like(params["sh0"])
+    params["shN"] = coefficients.expand(splats.num, 15, 3).clone()
+    return Splats(params, sh_degree=3)
