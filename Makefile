@@ -29,7 +29,7 @@ venv:
 # a GPU machine keeps its CUDA build): run after a green CI, commit constraints.txt.
 PINNED = torch diffusers transformers huggingface[-_]hub peft tokenizers safetensors accelerate gsplat plyfile numpy \
 	typer rich pyyaml pillow imageio viser ray matplotlib pytest pytest[-_]timeout psutil ruff build wheel \
-	scikit[-_]image scipy trimesh fast[-_]simplification playwright
+	scikit[-_]image scipy trimesh fast[-_]simplification playwright zstandard
 constraints:
 	$(PY) -m pip freeze --all --exclude-editable | grep -iE '^($(shell echo $(PINNED) | tr ' ' '|'))==' \
 	  | sed 's/+.*//' > constraints.txt

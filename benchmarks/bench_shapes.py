@@ -21,7 +21,7 @@ import torch
 import lodsgs.trainer as gen
 from lodsgs.config import load_config
 from lodsgs.splats.io import write_ply
-from lodsgs.splats.spz import write_spz
+from lodsgs.splats.spz import encode_spz, write_spz
 
 ROWS = [("unet", "UNet forward (CFG pair, prior loss)"), ("render", "render forward"),
         ("backward", "joint backward (render + UNet → α)"), ("optim", "optimizer steps"),
@@ -71,8 +71,10 @@ def file_sizes(splats) -> str:
         write_spz(splats, spz)
         header = ply.read_bytes().index(b"end_header\n") + len(b"end_header\n")
         per = (ply.stat().st_size - header) / splats.num
+        v2 = len(encode_spz(splats, version=2))
         return (f"  files of these {splats.num:,} Gaussians (SH degree {splats.sh_degree}): .ply "
-                f"{ply.stat().st_size / 1000:.0f} kB ({per:.0f} B a Gaussian), .spz {spz.stat().st_size / 1000:.0f} kB")
+                f"{ply.stat().st_size / 1000:.0f} kB ({per:.0f} B a Gaussian), .spz {spz.stat().st_size / 1000:.0f} kB "
+                f"(version 4; version 2: {v2 / 1000:.0f} kB)")
 
 
 def run(quick: bool = False) -> list[str]:

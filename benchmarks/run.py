@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, printed as lines (ratios are measured within this run).
 
-Usage: python -m benchmarks.run [--quick] [render prior generate shapes view ray sd mesh]  (sd: `make bench-sd`; sd and
-mesh (`python -m benchmarks.bench_mesh --truths` for the whole table) are not default)
+Usage: python -m benchmarks.run [--quick] [render prior generate shapes view ray sd mesh spz]  (sd: `make bench-sd`; sd,
+mesh (`python -m benchmarks.bench_mesh --truths` for the whole table) and spz (.spz file sizes) are not default)
 """
 
 from __future__ import annotations

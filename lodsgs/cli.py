@@ -158,6 +158,8 @@ def render(
 
     lodsgs export runs/x/splats.ply --format ply-sh3 --out x_sh3.ply
 
+    lodsgs export runs/x/splats.ply --format spz-v2          # .spz version 2, for viewers that read no later one
+
     lodsgs export runs/x --out x.glb                         # a vertex-coloured mesh (pip install 'lodsgs[mesh]')
 
     lodsgs export runs/x --format gltf-splats --out x.glb    # the splats themselves, glTF KHR_gaussian_splatting
@@ -169,16 +171,18 @@ def export(
     file: Annotated[Path, typer.Argument(help="A splat file (.ply, .splat, .spz, glTF splats .glb) or a run "
                                               "folder.")],
     format: Annotated[str | None, typer.Option(
-        "--format", "-f", help="splat, spz, ply, ply-sh3 or gltf-splats (splats; gltf-splats is a .glb of glTF's "
+        "--format", "-f", help="splat, spz (version 4), spz-v2 (version 2, for viewers that read no later .spz), ply, "
+                               "ply-sh3 or gltf-splats (splats; gltf-splats is a .glb of glTF's "
                                "KHR_gaussian_splatting); glb, obj or mesh-ply (a mesh). Default: from --out's "
-                               "extension (.glb: the mesh), else splat.", show_default=False)] = None,
+                               "extension (.spz: version 4; .glb: the mesh), else splat.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The file written (default: beside the input, "
                                              "with the format's extension).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", "-s", help="Mesh setting: mesh.key=value "
                                                    "(repeatable; see docs/mesh.md).")] = None,
 ) -> None:
-    """Convert splats to antimatter15 .splat, Niantic .spz (version 2), INRIA .ply, a .ply with SH degree 3, glTF
-    splats (a .glb with KHR_gaussian_splatting), or a vertex-coloured watertight mesh (.glb, .obj, .ply)."""
+    """Convert splats to antimatter15 .splat, Niantic .spz (version 4, or 2 with spz-v2), INRIA .ply, a .ply with SH
+    degree 3, glTF splats (a .glb with KHR_gaussian_splatting), or a vertex-coloured watertight mesh (.glb, .obj,
+    .ply)."""
     from lodsgs.export import export as convert
     typer.echo(f"wrote {convert(file, format, out, sets)}")
 

@@ -1,5 +1,6 @@
 """``lodsgs export``: splats to another splat format (.splat, .spz, .ply, .ply with SH degree 3, glTF splats) or to
-a mesh (.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension.
+a mesh (.glb, .obj, .ply with faces); the format from ``--format`` or the output's extension. ``spz`` is Niantic's
+version 4 (zstd), ``spz-v2`` version 2 (gzip) for web viewers that read no later one; both end in .spz.
 
 Two formats write .glb: ``glb`` is a triangle mesh (mesh.py), ``gltf-splats`` the splats themselves as glTF's
 KHR_gaussian_splatting (gltf.py). An --out ending in .glb means the mesh, as before; the splats need
@@ -13,7 +14,8 @@ from lodsgs.config import Config, load_config
 from lodsgs.errors import LodsgsError
 from lodsgs.summary import must_exist
 
-SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "ply": ".ply", "ply-sh3": ".ply", "gltf-splats": ".glb"}  # -> ext
+SPLAT_FORMATS = {"splat": ".splat", "spz": ".spz", "spz-v2": ".spz", "ply": ".ply", "ply-sh3": ".ply",
+                 "gltf-splats": ".glb"}  # -> extension
 MESH_FORMATS = {"glb": ".glb", "obj": ".obj", "mesh-ply": ".ply"}
 
 
@@ -24,8 +26,8 @@ def export(file: Path, format: str | None = None, out: Path | None = None, sets:
     fmt = format or export_format(out)
     suffix = {**SPLAT_FORMATS, **MESH_FORMATS}.get(fmt)
     if suffix is None:
-        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, ply, ply-sh3 or gltf-splats (splats), glb, "
-                          "obj or mesh-ply (a mesh)")
+        raise LodsgsError(f"unknown --format {fmt!r}; choose splat, spz, spz-v2, ply, ply-sh3 or gltf-splats (splats), "
+                          "glb, obj or mesh-ply (a mesh)")
     if out is not None and out.suffix.lower() != suffix:
         raise LodsgsError(f"--out {str(out)!r} does not end in {suffix}, the --format {fmt} extension")
     if sets and fmt not in MESH_FORMATS:
@@ -52,6 +54,8 @@ def write_export(file: Path, fmt: str, target: Path, cfg: Config) -> None:
         write_mesh(splats_to_mesh(splats, cfg.mesh), target, fmt)
     elif fmt == "ply-sh3":
         write_ply(splats, target, sh_degree=3)
+    elif fmt == "spz-v2":
+        write_spz(splats, target, version=2)
     else:
         writers = {"splat": write_splat, "spz": write_spz, "ply": write_ply, "gltf-splats": write_gltf_splats}
         writers[fmt](splats, target)

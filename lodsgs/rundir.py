@@ -164,8 +164,8 @@ class RunFolder:
 
 def write_outputs(s: State, cfg: Config, run_dir: Path, prompt: str, device: torch.device,
                   logs: dict[str, float]) -> dict:
-    """The finished run's checkpoint, splats (.ply, .splat, .spz), turntable and preview, and metrics.json (also
-    returned)."""
+    """The finished run's checkpoint, splats (.ply, .splat, .spz of version 4), turntable and preview, and
+    metrics.json (also returned)."""
     from lodsgs.media import write_media
 
     save_checkpoint(s, cfg, run_dir / LAST_CHECKPOINT)

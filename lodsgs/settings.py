@@ -42,7 +42,7 @@ class RunConfig:
     preview_every: int = bounded(0, 0)  # write RUN_DIR/progress/step_XXXX.png (4 views) every N steps (0 = off)
     turntable_frames: int = bounded(36, 1, 3600)
     turntable_size: int = bounded(256, 8, 4096)
-    spz: bool = True  # also write RUN_DIR/splats.spz (compressed, about a fifth of the .ply)
+    spz: bool = True  # also write RUN_DIR/splats.spz (version 4, a fifth of the .ply or less; spz-v2: lodsgs export)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
     view_every: int = bounded(10, 1)  # with --view: push the current splats to the browser every N steps
     mesh: bool = False  # also write RUN_DIR/mesh.glb (vertex-coloured, watertight; needs lodsgs[mesh])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import browser
@@ -120,24 +121,8 @@ WEB_VIEWERS = {
 }
 
 
-def _write_spz(splats, path, version):  # TEMPORARY until the spz-v4 branch lands: v4 via Niantic's codec in node
-    import inspect
-    import subprocess
-    if "version" in inspect.signature(write_spz).parameters:
-        return write_spz(splats, path, version=version)
-    write_spz(splats, path)
-    if version == 4:
-        spz_js = browser.WEB_CACHE / "node_modules" / "@adobe" / "spz" / "dist" / "spz.js"
-        script = ("import fs from 'fs'; const { default: create } = await import(process.argv[1]);"
-                  "const spz = await create(), file = process.argv[2];"
-                  "const c = spz.loadSpzFromBuffer(new Uint8Array(fs.readFileSync(file)), { to: 0 });"
-                  "fs.writeFileSync(file, spz.saveSpzToBuffer(c, { version: 4, from: 0, sh1Bits: 5, shRestBits: 4 }));")
-        subprocess.run(["node", "--input-type=module", "-e", script, str(spz_js), str(path)], check=True,
-                       capture_output=True)
-
-
-WRITERS = {"ply": write_ply, "splat": write_splat, "spz-v2": lambda s, p: _write_spz(s, p, version=2),
-           "spz-v4": lambda s, p: _write_spz(s, p, version=4), "glb": write_gltf_splats}
+WRITERS = {"ply": write_ply, "splat": write_splat, "spz-v2": partial(write_spz, version=2),
+           "spz-v4": partial(write_spz, version=4), "glb": write_gltf_splats}
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zstandard
 from plyfile import PlyData, PlyElement
 from typer.testing import CliRunner
 
@@ -57,7 +58,8 @@ def splat_file(tmp_path: Path, name: str, data: bytes) -> Path:
     (lambda d: splat_file(d, "noise.splat", np.random.default_rng(0).bytes(32_000)), "cannot read"),
     (lambda d: raw_ply(d / "far.ply", np.array([[1e30, 0, 0]], np.float32)), "positions reach 1e+30"),
     (lambda d: raw_ply(d / "nan.ply", np.array([[np.nan, 0, 0]], np.float32)), "NaN or infinite"),
-    (lambda d: splat_file(d, "notgzip.spz", b"NGSP" + bytes(40)), "not a gzip stream"),
+    (lambda d: splat_file(d, "zeros.spz", b"NGSP" + bytes(40)), "an uncompressed .spz header of version 0"),
+    (lambda d: splat_file(d, "notgzip.spz", b"\x1f\x8b" + bytes(40)), "not a gzip stream"),
 ])
 @pytest.mark.parametrize("command", ["info", "export"])
 def test_a_bad_splat_file_is_one_line_in_every_reader(make, fragment, command, tmp_path):
@@ -84,6 +86,70 @@ def test_a_gzip_bomb_spz_is_refused_without_inflating_it(tmp_path):
     huge = tmp_path / "huge.spz"
     huge.write_bytes(gzip.compress(HEADER.pack(MAGIC, 2, 2**31, 0, 12, 0, 0)))
     one_line(["info", str(huge)], "declares 2147483648 Gaussians", tmp_path)
+
+
+def v4_spz(n: int = 100) -> bytearray:
+    """A valid version-4 .spz of ``n`` Gaussians at SH degree 0 (5 streams) to damage."""
+    from lodsgs.splats.spz import encode_spz
+
+    return bytearray(encode_spz(Splats.random_ball(n, seed=0)))
+
+
+def toc(data: bytearray, stream: int, packed: int | None = None, unpacked: int | None = None) -> bytearray:
+    """``data`` with one table-of-contents entry (compressed, uncompressed u64 at byte 32 + 16·stream) rewritten."""
+    old = struct.unpack_from("<QQ", data, 32 + 16 * stream)
+    struct.pack_into("<QQ", data, 32 + 16 * stream, old[0] if packed is None else packed,
+                     old[1] if unpacked is None else unpacked)
+    return data
+
+
+def header(data: bytearray, fmt: str, offset: int, value: int) -> bytearray:
+    struct.pack_into(fmt, data, offset, value)
+    return data
+
+
+def new_positions(data: bytearray, frame: bytes) -> bytearray:
+    """``data`` with its positions stream (the first frame, after the 5-entry table) replaced by ``frame``."""
+    packed = struct.unpack_from("<Q", data, 32)[0]
+    start = 32 + 16 * 5
+    return toc(bytearray(data[:start] + frame + data[start + packed:]), 0, packed=len(frame))
+
+
+@pytest.mark.parametrize("name, make, fragment", [
+    ("cut.spz", lambda: v4_spz()[:-10], "truncated or damaged"),
+    ("short.spz", lambda: v4_spz()[:20], "too short for an .spz header (20 of 32 bytes)"),
+    ("lying-toc.spz", lambda: toc(v4_spz(), 0, unpacked=1 << 40), "gives the positions stream 1099511627776 bytes"),
+    ("huge-frame.spz", lambda: toc(v4_spz(), 2, packed=1 << 40), "colours stream a 1099511627776-byte zstd frame"),
+    ("long-frame.spz", lambda: toc(v4_spz(), 1, packed=900), "truncated or damaged"),
+    ("streams.spz", lambda: header(v4_spz(), "<B", 15, 6), "declares 6 streams; 100 Gaussians of SH degree 0 take 5"),
+    ("toc.spz", lambda: header(v4_spz(), "<I", 16, 1 << 31), "table of contents (bytes 2147483648-"),
+    ("count.spz", lambda: header(v4_spz(), "<I", 8, 2**31), "declares 2147483648 Gaussians"),
+    ("ratio.spz", lambda: header(v4_spz(), "<I", 8, 5_000_000), "declares 5000000 Gaussians, more than"),
+    ("degree.spz", lambda: header(v4_spz(), "<B", 12, 4), "its SH degree is 4; lodsgs reads degrees 0 to 3"),
+    ("v5.spz", lambda: header(v4_spz(), "<I", 4, 5), "header of version 5; lodsgs reads version 4"),
+    ("garbage.spz", lambda: new_positions(v4_spz(), b"\x55" * 200), "its positions stream is not a zstd frame"),
+    ("other-size.spz", lambda: new_positions(v4_spz(), zstandard.ZstdCompressor().compress(bytes(901))),
+     "positions stream's zstd frame declares 901 bytes; the header's count implies 900"),
+    ("v1.spz", lambda: gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 1, 5, 0, 12, 0, 0)), "version 1"),
+    ("noise.spz", lambda: np.random.default_rng(0).bytes(1000), "not an .spz"),
+])
+def test_a_damaged_v4_spz_is_one_line(name, make, fragment, tmp_path):
+    one_line(["info", str(splat_file(tmp_path, name, bytes(make())))], fragment, tmp_path)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_zstd_bomb_spz_is_refused_without_inflating_it(declared, tmp_path):
+    """A 100-splat file whose positions frame inflates to 32 MB (a 2 GiB one reads the same way) in 1 kB: a frame
+    declaring its size is refused unread; one that does not is stopped 900 bytes in."""
+    compressor = zstandard.ZstdCompressor(level=1, write_content_size=declared)
+    writer = compressor.compressobj(size=32 << 20 if declared else -1)
+    frame = b"".join(writer.compress(bytes(1 << 20)) for _ in range(32)) + writer.flush()
+    assert len(frame) < 2000
+    path = splat_file(tmp_path, "bomb.spz", bytes(new_positions(v4_spz(), frame)))
+    start = time.perf_counter()
+    one_line(["info", str(path)], "declares 33554432 bytes" if declared else "does not inflate to 900 bytes",
+             tmp_path)
+    assert time.perf_counter() - start < 5
 
 
 def test_nothing_non_finite_or_out_of_range_is_written(tmp_path):
