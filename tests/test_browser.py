@@ -111,11 +111,11 @@ WEB_VIEWERS = {
     # Spark 2.2.0 + three.js's WebGLRenderer; reads SPZ v1-3 only (a v4 file: "Invalid gzip header")
     "spark": WebViewer("three.html", "@sparkjsdev/spark", ("ply", "splat", "spz-v2"), "cut √8σ"),
     # Babylon.js's splat loader (SPZ through @adobe/spz) and glTF loader (KHR_gaussian_splatting)
-    "babylon": WebViewer("babylon.html", "babylonjs-loaders", ("spz-v4", "glb"), "cut √8σ"),
+    "babylon": WebViewer("babylon.html", "babylonjs-loaders", ("ply", "spz-v4", "glb"), "cut √8σ"),
     # the PlayCanvas engine: its opt-in SPZ v4 parser, and its glTF container handler
-    "playcanvas": WebViewer("playcanvas.html", "playcanvas", ("spz-v4", "glb"), "faded to 0 at √8σ"),
+    "playcanvas": WebViewer("playcanvas.html", "playcanvas", ("ply", "spz-v4", "glb"), "faded to 0 at √8σ"),
     # three.js's own GaussianSplat (WebGPURenderer, here on its WebGL 2 backend): SPZLoader, GLTFLoader + extension
-    "three": WebViewer("three-webgpu.html", "three", ("spz-v4", "glb"), "cut 2σ"),
+    "three": WebViewer("three-webgpu.html", "three", ("ply", "spz-v4", "glb"), "cut 2σ"),
     # GaussianSplats3D 0.4.7 (DropInViewer in three.js): reads SPZ v1-2 only
     "gaussian-splats-3d": WebViewer("gs3d.html", "@mkkellogg/gaussian-splats-3d", ("spz-v2",), "cut √8σ", 0),
 }
