@@ -159,7 +159,8 @@ def own_render(splats: Splats, position: tuple[float, float, float], fovy_deg: f
 KERNELS = {
     "gsplat": lambda sigma, o: torch.where(o * torch.exp(-sigma) >= 1 / 255, (o * torch.exp(-sigma)).clamp_max(0.999),
                                            0.0),
-    # Spark (SparkRenderer maxStdDev √8), Babylon.js (gaussianSplattingFragmentDeclaration: discard beyond A < -4)
+    # Spark (SparkRenderer maxStdDev √8), Babylon.js (gaussianSplattingFragmentDeclaration: discard beyond A < -4),
+    # GaussianSplats3D (its splat fragment shader: discard A > 8)
     "cut √8σ": lambda sigma, o: torch.where(sigma <= 4, o * torch.exp(-sigma), 0.0),
     # PlayCanvas (shader-lib gsplat frag normExp): cut at √8σ and faded to 0 there
     "faded to 0 at √8σ": lambda sigma, o: torch.where(

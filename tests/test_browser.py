@@ -1,12 +1,13 @@
-"""Real-browser tests: `lodsgs view` (viser) and the exported .ply / .splat / .spz opened in Spark, in Debian's
-headless chromium, asserted on screenshot pixels against lodsgs's own render from the same camera."""
+"""Real-browser tests: `lodsgs view` (viser), and the take-away files (.ply, .splat, .spz v2 and v4, glTF splats,
+a mesh .glb) opened in the web viewers that read them (Spark, Babylon.js, PlayCanvas, three.js, GaussianSplats3D;
+pages in tests/web), in Debian's headless chromium, asserted on screenshot pixels against lodsgs's own render of
+the same splats from the same camera."""
 
 from __future__ import annotations
 
 import functools
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import browser
@@ -104,7 +105,7 @@ class WebViewer:
     package: str
     formats: tuple[str, ...]
     kernel: str
-    sh_bands: int = 3  # the SH degree it draws (the SH scene needs 3)
+    sh_bands: int = 3  # the SH degree its page draws (the SH scene needs 3)
 
 
 WEB_VIEWERS = {
@@ -119,10 +120,8 @@ WEB_VIEWERS = {
     # GaussianSplats3D 0.4.7 (DropInViewer in three.js): reads SPZ v1-2 only
     "gaussian-splats-3d": WebViewer("gs3d.html", "@mkkellogg/gaussian-splats-3d", ("spz-v2",), "cut √8σ", 0),
 }
-
-
-WRITERS = {"ply": write_ply, "splat": write_splat, "spz-v2": partial(write_spz, version=2),
-           "spz-v4": partial(write_spz, version=4), "glb": write_gltf_splats}
+WRITERS = {"ply": write_ply, "splat": write_splat, "spz-v2": functools.partial(write_spz, version=2),
+           "spz-v4": functools.partial(write_spz, version=4), "glb": write_gltf_splats}
 
 
 @functools.cache
