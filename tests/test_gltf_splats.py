@@ -305,7 +305,8 @@ HOSTILE = {  # an edit of a good file -> the problem the one-line message must n
                         "outside the .glb"),
     "data uri": (lambda doc, blob: doc["buffers"][0].update(uri="data:application/octet-stream;base64,AAAA"),
                  "outside the .glb"),
-    "count too large": (_set("POSITION", count=10**8), "lodsgs reads 1 to 10,000,000"),
+    "count too large": (_set("POSITION", count=10**8), "more than the 10,000,000 Gaussians"),
+    "opacity count too large": (_set(f"{EXT}:OPACITY", count=10**8), "lodsgs reads 1 to 10,000,000"),
     "accessor past its view": (_set("POSITION", count=41), "do not fit its bufferView"),
     "view past the buffer": (lambda doc, blob: doc["bufferViews"][0].update(byteLength=10**9), "runs past buffer 0"),
     "sh as bytes": (_set(f"{EXT}:SH_DEGREE_0_COEF_0", componentType=5121, normalized=True), "allows VEC3 of float"),
@@ -337,6 +338,10 @@ HOSTILE = {  # an edit of a good file -> the problem the one-line message must n
     "node cycle": (lambda doc, blob: doc["nodes"].__setitem__(0, {"mesh": 0, "children": [0]}), "appears twice"),
     "bad node matrix": (lambda doc, blob: doc["nodes"][0].update(matrix=[1.0] * 15), "matrix is not 16 finite"),
     "no meshes": (lambda doc, blob: doc.pop("meshes"), "holds no mesh primitives"),
+    "component type a list": (_set(f"{EXT}:SCALE", componentType=[5126]), "allows VEC3 of"),
+    "normalized a dict": (_set(f"{EXT}:OPACITY", normalized={}), "allows SCALAR of"),
+    "a megabyte type": (_set("POSITION", type="V" * 10**6), "is 'VVVVV"),
+    "missing position": (_drop("POSITION"), "lacks the required attribute(s) POSITION"),
 }
 
 
@@ -349,6 +354,31 @@ def test_hostile_file_is_one_line_naming_the_file_and_problem(tmp_path, case):
         read_gltf_splats(path)
     message = str(info.value)
     assert problem in message and str(path) in message and "\n" not in message, message
+    assert len(message) < 400 + len(str(path))  # the file's own strings are cut short
+
+
+def test_instances_count_against_the_cap_before_anything_is_decoded(tmp_path, monkeypatch):
+    write_gltf_splats(random_splats(), tmp_path / "a.glb")  # 40 Gaussians, shown by three nodes: 120
+
+    def instance(doc, blob):
+        doc["nodes"] = [{"mesh": 0}, {"mesh": 0}, {"mesh": 0}]
+        doc["scenes"] = [{"nodes": [0, 1, 2]}]
+    path = rewrite(tmp_path / "a.glb", instance)
+    assert len(read_gltf_arrays(path)["means"]) == 120
+    monkeypatch.setattr("lodsgs.splats.gltf.MAX_GAUSSIANS", 100)
+    monkeypatch.setattr("lodsgs.splats.gltf.GltfFile.accessor", lambda *a: pytest.fail("decoded"))
+    with pytest.raises(LodsgsError, match="shows more than the 100 Gaussians"):
+        read_gltf_arrays(path)
+
+
+def test_odd_but_harmless_json_is_read(tmp_path):
+    s = random_splats()
+    write_gltf_splats(s, tmp_path / "a.glb")
+
+    def odd(doc, blob):  # no scenes (roots are the nodes nobody lists as a child), junk children lists
+        doc.pop("scenes"), doc.pop("scene")
+        doc["nodes"] = [{"mesh": 0, "children": 5}, {"children": "x"}]
+    assert torch.equal(read_gltf_splats(rewrite(tmp_path / "a.glb", odd)).means, s.means)
 
 
 def _bytes_cases(good: bytes) -> dict[str, tuple[bytes, str]]:

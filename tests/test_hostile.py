@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from lodsgs.cli import app
 from lodsgs.errors import LodsgsError
+from lodsgs.splats.gltf import gltf_splats_bytes, write_gltf_splats
 from lodsgs.splats.io import ply_properties, write_ply
 from lodsgs.splats.model import Splats
 
@@ -60,6 +61,7 @@ def splat_file(tmp_path: Path, name: str, data: bytes) -> Path:
     (lambda d: raw_ply(d / "nan.ply", np.array([[np.nan, 0, 0]], np.float32)), "NaN or infinite"),
     (lambda d: splat_file(d, "zeros.spz", b"NGSP" + bytes(40)), "an uncompressed .spz header of version 0"),
     (lambda d: splat_file(d, "notgzip.spz", b"\x1f\x8b" + bytes(40)), "not a gzip stream"),
+    (lambda d: splat_file(d, "cut.glb", gltf_splats_bytes(Splats.random_ball(4, seed=0))[:-8]), "header says"),
 ])
 @pytest.mark.parametrize("command", ["info", "export"])
 def test_a_bad_splat_file_is_one_line_in_every_reader(make, fragment, command, tmp_path):
@@ -160,7 +162,7 @@ def test_nothing_non_finite_or_out_of_range_is_written(tmp_path):
     with pytest.raises(LodsgsError, match="positions must lie within"):
         write_spz(splats, tmp_path / "a.spz")
     splats.params["means"].data[0, 0] = float("inf")
-    for write in (write_ply, write_spz):
+    for write in (write_ply, write_spz, write_gltf_splats):
         with pytest.raises(LodsgsError, match="NaN or infinite"):
             write(splats, tmp_path / "a.ply")
     assert not list(tmp_path.iterdir())

@@ -64,20 +64,25 @@ def gltf_splats_bytes(splats: Splats, path: Path | str = "the .glb file") -> byt
     for l in range(splats.sh_degree + 1):
         columns |= {sh_name(l, n): (sh[:, l * l + n], "VEC3") for n in range(2 * l + 1)}
     columns["COLOR_0"] = (np.concatenate([srgb_to_linear(rgb), opacity[:, None].numpy()], 1), "VEC4")
-    attributes: dict[str, int] = {}
-    extension = {"kernel": "ellipse", "colorSpace": COLOR_SPACE, "projection": "perspective",
-                 "sortingMethod": "cameraDistance"}
-    primitive = {"attributes": attributes, "material": 0, "mode": 0, "extensions": {EXT: extension}}
-    blob, doc = bytearray(), {"asset": {"version": "2.0", "generator": "lodsgs"},
-                              "extensionsUsed": [EXT, "KHR_materials_unlit"], "scene": 0, "scenes": [{"nodes": [0]}],
-                              "nodes": [{"mesh": 0, "name": "splats"}],
-                              "meshes": [{"name": "splats", "primitives": [primitive]}],
-                              "materials": [UNLIT_MATERIAL], "buffers": [], "bufferViews": [], "accessors": []}
+    blob, doc = bytearray(), splats_document()
+    attributes = doc["meshes"][0]["primitives"][0]["attributes"]
     for name, (values, kind) in columns.items():
         array = np.asarray(values, "<f4")
         attributes[name] = add_accessor(blob, doc, array, FLOAT, kind, ARRAY_BUFFER, bounds=name == "POSITION")
     doc["buffers"] = [{"byteLength": len(blob)}]
     return pack_glb(doc, blob)
+
+
+def splats_document() -> dict:
+    """The glTF JSON around the attributes: one node, one POINTS primitive with the extension object (its
+    optional projection and sortingMethod written out at their defaults) and the unlit fallback material."""
+    extension = {"kernel": "ellipse", "colorSpace": COLOR_SPACE, "projection": "perspective",
+                 "sortingMethod": "cameraDistance"}
+    primitive = {"attributes": {}, "material": 0, "mode": 0, "extensions": {EXT: extension}}
+    return {"asset": {"version": "2.0", "generator": "lodsgs"}, "extensionsUsed": [EXT, "KHR_materials_unlit"],
+            "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "splats"}],
+            "meshes": [{"name": "splats", "primitives": [primitive]}], "materials": [UNLIT_MATERIAL],
+            "buffers": [], "bufferViews": [], "accessors": []}
 
 
 def write_gltf_splats(splats: Splats, path: Path | str) -> None:
@@ -120,12 +125,12 @@ class GltfFile:
         items = self.doc.get(key)
         if (not isinstance(items, list) or not _is_uint(index) or index >= len(items)
                 or not isinstance(items[index], dict)):
-            self.fail(f"{what} refers to {key}[{index!r}], which the file does not hold")
+            self.fail(f"{what} refers to {key}[{_short(index)}], which the file does not hold")
         return items[index]
 
     def uint(self, value: object, what: str) -> int:
         if not _is_uint(value):
-            self.fail(f"{what} is {value!r}, not a non-negative integer")
+            self.fail(f"{what} is {_short(value)}, not a non-negative integer")
         return value
 
     def accessor(self, index: object, semantic: str) -> np.ndarray:
@@ -134,12 +139,14 @@ class GltfFile:
         what = f"its {semantic} accessor"
         acc = self.item("accessors", index, f"attribute {semantic}")
         kind, allowed = LAYOUTS["SH" if ":SH_DEGREE_" in semantic else semantic]
-        if semantic == "POSITION" and "KHR_mesh_quantization" in (self.doc.get("extensionsUsed") or []):
+        if semantic == "POSITION" and "KHR_mesh_quantization" in _strings(self.doc.get("extensionsUsed")):
             allowed = allowed | QUANTIZED
         ctype, normalized = acc.get("componentType"), acc.get("normalized", False)
-        if acc.get("type") != kind or (ctype, normalized) not in allowed:
-            self.fail(f"{what} is {acc.get('type')!r} of componentType {ctype!r}{' normalized' * (normalized is True)}"
-                      f"; KHR_gaussian_splatting allows {kind} of {_names(allowed)}")
+        known = isinstance(ctype, int) and isinstance(normalized, bool) and (ctype, normalized) in allowed
+        if acc.get("type") != kind or not known:
+            self.fail(f"{what} is {_short(acc.get('type'))} of componentType {_short(ctype)}"
+                      f"{' normalized' * (normalized is True)}; KHR_gaussian_splatting allows {kind} of "
+                      f"{_names(allowed)}")
         if "sparse" in acc or "bufferView" not in acc:
             self.fail(f"{what} has no plain bufferView (sparse, zero-filled or compressed data, which lodsgs does "
                       "not read)")
@@ -183,6 +190,12 @@ def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _short(value: object) -> str:
+    """A file's value in a message: its repr, cut short (a hostile file's strings can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _names(allowed: set[tuple[int, bool]]) -> str:
     names = {FLOAT: "float", BYTE: "byte", UBYTE: "unsigned byte", SHORT: "short", USHORT: "unsigned short"}
     return ", ".join(f"{names[c]}{' normalized' * norm}" for c, norm in sorted(allowed))
@@ -212,21 +225,41 @@ def read_gltf_arrays(path: Path | str) -> dict[str, np.ndarray]:
     if unknown:
         f.fail(f"it requires {', '.join(unknown)}, which lodsgs does not read (a compressed splat file?); "
                "decompress it with the tool that wrote it")
-    parts = [_place(f, read_primitive(f, prim), matrix) for prim, matrix in splat_primitives(f)]
-    if sum(len(p["means"]) for p in parts) > MAX_GAUSSIANS:
-        f.fail(f"its splat primitives hold more than the {MAX_GAUSSIANS:,} Gaussians lodsgs reads")
+    placed = splat_primitives(f)
+    if _shown_count(f, placed) > MAX_GAUSSIANS:  # before anything is decoded: nodes can show a primitive many times
+        f.fail(f"its scene shows more than the {MAX_GAUSSIANS:,} Gaussians lodsgs reads")
+    parts = [_place(f, read_primitive(f, prim), matrix) for prim, matrix in placed]
     k = max(p["sh"].shape[1] for p in parts)
     for p in parts:  # primitives of lower SH degree get zero bands
         p["sh"] = np.concatenate([p["sh"], np.zeros((len(p["sh"]), k - p["sh"].shape[1], 3))], 1)
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
+def _shown_count(f: GltfFile, placed: list[tuple[dict, np.ndarray]]) -> int:
+    """The Gaussians the scene shows, from the POSITION accessors' counts (those that resolve; read_primitive
+    names the others)."""
+    accessors, total = _list(f.doc.get("accessors")), 0
+    for prim, _ in placed:
+        i = _dict(prim.get("attributes")).get("POSITION")
+        if _is_uint(i) and i < len(accessors) and _is_uint(_dict(accessors[i]).get("count")):
+            total += accessors[i]["count"]
+    return total
+
+
 def _strings(value: object) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    return [v for v in _list(value) if isinstance(v, str)]
 
 
 def _dicts(value: object) -> list[dict]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+    return [v for v in _list(value) if isinstance(v, dict)]
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def splat_primitives(f: GltfFile) -> list[tuple[dict, np.ndarray]]:
@@ -259,11 +292,11 @@ def _node_matrices(f: GltfFile) -> list[tuple[dict, np.ndarray]]:
     node graphs are trees) is refused, so a cyclic file cannot loop."""
     nodes = f.doc["nodes"]
     if isinstance(f.doc.get("scenes"), list) and f.doc["scenes"]:
-        roots = f.item("scenes", f.doc.get("scene", 0), "the document").get("nodes") or []
+        roots = _list(f.item("scenes", f.doc.get("scene", 0), "the document").get("nodes"))
     else:
-        children = {c for n in nodes if isinstance(n, dict) for c in n.get("children") or [] if _is_uint(c)}
+        children = {c for n in _dicts(nodes) for c in _list(n.get("children")) if _is_uint(c)}
         roots = [i for i in range(len(nodes)) if i not in children]
-    stack, seen, out = [(r, np.eye(4)) for r in (roots if isinstance(roots, list) else [])], set(), []
+    stack, seen, out = [(r, np.eye(4)) for r in roots], set(), []
     while stack:
         index, parent = stack.pop()
         node = f.item("nodes", index, "the scene graph")
@@ -272,7 +305,7 @@ def _node_matrices(f: GltfFile) -> list[tuple[dict, np.ndarray]]:
         seen.add(index)
         matrix = parent @ _local_matrix(f, node, index)
         out.append((node, matrix))
-        stack += [(c, matrix) for c in (node.get("children") if isinstance(node.get("children"), list) else [])]
+        stack += [(c, matrix) for c in _list(node.get("children"))]
     return out
 
 
@@ -300,10 +333,11 @@ def read_primitive(f: GltfFile, prim: dict) -> dict[str, np.ndarray]:
     if not (isinstance(ext, dict) and isinstance(ext.get("kernel"), str) and isinstance(ext.get("colorSpace"), str)):
         f.fail(f"its {EXT} object lacks the required kernel and colorSpace strings")
     if ext["colorSpace"] not in (COLOR_SPACE, "lin_rec709_display"):
-        f.fail(f"its splats' colorSpace is {ext['colorSpace']!r}; lodsgs reads {COLOR_SPACE} and lin_rec709_display")
+        f.fail(f"its splats' colorSpace is {_short(ext['colorSpace'])}; lodsgs reads {COLOR_SPACE} and "
+               "lin_rec709_display")
     if prim.get("mode", 4) != 0:  # glTF's default mode is 4, triangles
-        f.fail(f"its {EXT} primitive has mode {prim.get('mode', 4)!r}; the spec requires POINTS (0)")
-    attrs = prim.get("attributes") if isinstance(prim.get("attributes"), dict) else {}
+        f.fail(f"its {EXT} primitive has mode {_short(prim.get('mode', 4))}; the spec requires POINTS (0)")
+    attrs = _dict(prim.get("attributes"))
     missing = [s for s in ("POSITION", ROTATION, SCALE, OPACITY, sh_name(0, 0)) if s not in attrs]
     if missing:
         f.fail(f"its splat primitive lacks the required attribute(s) {', '.join(missing)}")
