@@ -50,7 +50,7 @@ WEB_CACHE ?= $(HOME)/.cache/lodsgs-web
 web:
 	mkdir -p $(WEB_CACHE)
 	cp web/package.json web/package-lock.json $(WEB_CACHE)/
-	cd $(WEB_CACHE) && npm ci --no-audit --no-fund
+	cd $(WEB_CACHE) && npm ci --no-audit --no-fund --ignore-scripts
 
 test:
 	$(PY) -m pytest -q

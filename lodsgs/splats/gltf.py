@@ -19,7 +19,8 @@ world is glTF's (y up, front +z, metres), unlike its y-down .ply/.splat/.spz (co
 Readers checked for how they interpret it: three.js ``examples/jsm/loaders/GLTFGaussianSplatLoaderExtension.js``
 and Babylon.js ``packages/dev/loaders/src/glTF/2.0/Extensions/KHR_gaussian_splatting.pure.ts`` both take the
 rotation as x, y, z, w, the scale as linear, the opacity as is and the colour as 0.5 + C0 · SH0; both ignore
-``colorSpace``'s value, and three.js drops SH bands above 0.
+``colorSpace``'s value. Both (three.js 0.187.0, Babylon.js 9.28.0) and the PlayCanvas engine (2.23.3) draw these
+files with SH bands 1-3 in tests/test_browser.py.
 """
 
 from __future__ import annotations
