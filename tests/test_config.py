@@ -127,5 +127,5 @@ def test_a_runs_saved_config_loads_back_as_it_ran(tmp_path):
     (tmp_path / "mine.yaml").write_text("prior:\n  model: shapes\ncamera:\n  width: 48\n")  # a user's file: profile on
     mine = load_config(str(tmp_path / "mine.yaml"))
     assert mine.camera.width == 48  # what the user wrote wins over the prior's profile ...
-    assert mine.run.steps == load_config(None, ["prior.model=shapes"]).run.steps == 400  # ... which fills the rest
+    assert mine.run.steps == load_config(None, ["prior.model=shapes"]).run.steps == 200  # ... which fills the rest
     assert load_config(str(tmp_path / "mine.yaml"), ["camera.width=40"]).camera.width == 40  # and --set beats both
