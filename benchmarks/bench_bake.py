@@ -5,8 +5,8 @@ on generated runs.
 Per object and colouring: the mean colour error at the Gaussians' centres (each Gaussian's own colour against
 the mesh's colour at the closest point of its surface: UV → bilinear texel, or the vertex colours interpolated),
 the silhouette IoU and colour error of the mesh's renders against the splats' at 16 views at 256²
-(``bench_mesh.score_mesh``), the texels that the triangles' bilinear lookups read and that hold a background
-colour (black, the bake's empty value; white, the eval's background), and the CPU seconds of the export (mesh,
+(``bench_mesh.score_mesh``), the texels that the triangles' bilinear lookups read and that hold the colour views'
+background (black), and the CPU seconds of the export (mesh,
 colours and the GLB file, on one thread).
 
 The pattern objects are built from the splat format, as a user would: 40,000 small opaque Gaussians on the unit
@@ -123,14 +123,12 @@ def sampled_texels(uv: np.ndarray, faces: np.ndarray, size: int, fine: int = 4, 
 
 
 def background_texels(mesh) -> int:
-    """Sampled texels whose colour is within 1/255 of black (the bake's empty value) or of white (the eval's
-    background)."""
+    """Sampled texels whose colour is within 1/255 of black: the background of the colour views (they are
+    rendered over black) and the bake's value for a texel nothing coloured. (Not white, the eval's background:
+    generated splats hold white Gaussians of their own, e.g. 20 in a layout-start torus.)"""
     image = mesh.metadata["texture"]
     sampled = sampled_texels(mesh.metadata["uv"], np.asarray(mesh.faces), image.shape[0])
-    background = np.zeros(image.shape[:2], bool)
-    for colour in ((0.0, 0.0, 0.0), world.BACKGROUND):
-        background |= np.abs(image - np.asarray(colour)).max(-1) <= 1 / 255
-    return int((sampled & background).sum())
+    return int((sampled & (np.abs(image).max(-1) <= 1 / 255)).sum())
 
 
 def export_seconds(splats: Splats, cfg: MeshConfig) -> tuple[object, float]:

@@ -1,13 +1,15 @@
 """A mesh's colours from its splats' own renders: per vertex, or baked into a UV-mapped texture.
 
 Both take the colour of a surface point the same way (``view_colours``): the splats are rendered by lodsgs's
-renderer from orbit views around them, the mesh's own z-buffer (``mesh_render``) says which views see the
-point, and the point takes the mean of those views' colours at its pixel, weighted by coverage and by how
-squarely the view faces it. A texture (``bake_texture``) does this for every texel: the mesh is unwrapped into
-a UV atlas by xatlas, the atlas's triangles are rasterized in texture space to give each texel its 3D point,
-and the texels no triangle covers take their nearest covered texel's colour, so bilinear filtering across a
-chart's edge never reads background. DreamGaussian's ``save_model`` bakes its textures the same way, from 26
-views at 512 px (there on a GPU; here on the CPU, a texel gathering its colour from the views).
+renderer from orbit views framing the mesh (without the object's far side, ``front_renders``), the mesh's own
+z-buffer (``mesh_render``) says which views see the point, and the point takes the mean of those views'
+colours at its pixel, weighted by coverage and by how squarely each view faces it relative to the squarest.
+A texture (``bake_texture``) does this for every texel: the mesh is unwrapped into a UV atlas by xatlas, the
+atlas's triangles are rasterized in texture space to give each texel its 3D point and normal, and the texels
+no triangle covers take their nearest covered texel's colour, so bilinear filtering across a chart's edge
+never reads background. DreamGaussian's ``save_model`` (dreamgaussian/dreamgaussian main.py) bakes from views
+in the same layout (8 azimuths at 0° and ±45°, top and bottom; 512 px), scattering each view's pixels into the
+texture on a GPU; here each texel gathers its colour from the views, on the CPU.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from lodsgs.splats.model import Splats
 
 PIECE_FACES = 500  # the mesh is cut into pieces of about this many faces before unwrapping (see ``unwrap``)
 PADDING = 2  # atlas texels between charts, so bilinear filtering at a chart's edge stays inside the chart
-POWER = 32  # views are weighted by (cos / the squarest view's cos)^POWER: 1 for the squarest, 0.6 at 10° more
-CULL = 4  # Gaussians more than CULL visibility tolerances behind the mesh are left out of a view's render
+POWER = 8  # views are weighted by (cos / the squarest view's cos)^POWER: 1 for the squarest, 0.89 at 10° more
+FAR = 0.75  # Gaussians more than FAR × the mesh's bounding diameter behind its depth are left out of a view
 CHUNK = 65536  # surface points projected into every view at a time
 
 
@@ -63,9 +65,10 @@ def view_colours(points: Tensor, normals: Tensor, verts: Tensor, faces: Tensor, 
     sees take their nearest Gaussians' colour."""
     from lodsgs.splats.mesh_render import render_mesh
     centre = (verts.amin(0) + verts.amax(0)) / 2
-    cams = colour_cameras(centre, float((verts - centre).norm(dim=-1).max()), views, size)
+    radius = float((verts - centre).norm(dim=-1).max())
+    cams = colour_cameras(centre, radius, views, size)
     zbuf = render_mesh(verts, faces, torch.zeros_like(verts), cams).depth  # [C,H,W]
-    images = front_renders(splats, cams, zbuf, CULL * tolerance)  # [C,4,H,W]
+    images = front_renders(splats, cams, zbuf, FAR * 2 * radius)  # [C,4,H,W]
     rgb, cover = torch.zeros(len(points), 3), torch.zeros(len(points))
     for i in range(0, len(points), CHUNK):
         rgb[i:i + CHUNK], cover[i:i + CHUNK] = gather(points[i:i + CHUNK], normals[i:i + CHUNK], cams, images,
@@ -77,10 +80,12 @@ def view_colours(points: Tensor, normals: Tensor, verts: Tensor, faces: Tensor, 
     return rgb.clamp(0, 1)
 
 
-def front_renders(splats: Splats, cams, zbuf: Tensor, tolerance: float) -> Tensor:
+def front_renders(splats: Splats, cams, zbuf: Tensor, depth: float) -> Tensor:
     """RGB (premultiplied, over black) and alpha [C,4,H,W] of each view, rendered by lodsgs's renderer without
-    the Gaussians whose centres lie more than ``tolerance`` behind the mesh's depth there: the surface's own
-    colour, not what shows through gaps between sparse Gaussians, and about half the work (the far side)."""
+    the Gaussians whose centres lie more than ``depth`` behind the mesh's depth there: the object's far side,
+    which shows through the gaps between small Gaussians (a 40,000-Gaussian sphere's near half alone covers
+    96 % of its silhouette at 256 px) and would tint each view with another part of the surface; the layers
+    under the surface stay, as they colour the splats' own renders. It also saves work (fewer Gaussians)."""
     from lodsgs.splats.mesh_render import project
     from lodsgs.splats.render import render
     uv, z = project(splats.means.detach().cpu(), cams)  # [C,N,2], [C,N]
@@ -89,7 +94,7 @@ def front_renders(splats: Splats, cams, zbuf: Tensor, tolerance: float) -> Tenso
     out = []
     for c in range(len(cams)):
         x, y = px[c, :, 0].clamp(0, zbuf.shape[2] - 1), px[c, :, 1].clamp(0, zbuf.shape[1] - 1)
-        keep = ~on[c] | (z[c] <= zbuf[c, y, x] + tolerance)
+        keep = ~on[c] | (z[c] <= zbuf[c, y, x] + depth)
         front = Splats({k: v.detach()[keep.to(v.device)] for k, v in splats.params.items()}, splats.sh_degree)
         shot = render(front, cams[[c]])
         out.append(torch.cat([shot.rgb, shot.alpha], -1)[0].permute(2, 0, 1).cpu())
