@@ -27,7 +27,7 @@ from lodsgs.splats.model import Splats
 PIECE_FACES = 500  # the mesh is cut into pieces of about this many faces before unwrapping (see ``unwrap``)
 PADDING = 2  # atlas texels between charts, so bilinear filtering at a chart's edge stays inside the chart
 POWER = 8  # views are weighted by (cos / the squarest view's cos)^POWER: 1 for the squarest, 0.89 at 10° more
-FAR = 0.75  # Gaussians more than FAR × the mesh's bounding diameter behind its depth are left out of a view
+FAR = 0.25  # Gaussians more than FAR × the mesh's bounding diameter behind its depth are left out of a view
 CHUNK = 65536  # surface points projected into every view at a time
 
 
