@@ -102,6 +102,18 @@ def test_textured_obj_writes_obj_mtl_and_png_that_trimesh_loads(cube, tmp_path):
     assert np.abs(theirs.astype(int) - uv_to_interpolated_color(mesh.visual.uv, ours).astype(int)).max() <= 1
 
 
+def test_mesh_start_reads_the_textured_glb(cube, tmp_path):
+    """init.kind=mesh samples an exported textured GLB's colours where the splats have them."""
+    from scipy.spatial import cKDTree
+
+    from lodsgs.splats.surface import read_surface, sample_surface
+    splats, mesh = cube
+    write_mesh(mesh, tmp_path / "m.glb", "glb")
+    points, rgb = sample_surface(read_surface(tmp_path / "m.glb"), 2000, seed=0)
+    _, nearest = cKDTree(splats.means.detach().numpy()).query(points)
+    assert np.abs(rgb - splats.rgb.detach().numpy()[nearest]).mean() <= 0.1  # stripes kept (chance: 0.25)
+
+
 def test_texture_zero_keeps_vertex_colours(tmp_path):
     splats = striped_cube(stripes=6, n=3000, scale=0.03)
     mesh = splats_to_mesh(splats, dataclasses.replace(SMALL, texture=0))
