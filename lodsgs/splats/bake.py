@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lodsgs.cameras import Cameras
 from lodsgs.config import MeshConfig
 from lodsgs.splats.model import Splats
 
@@ -41,9 +42,9 @@ class Texture:
     image: np.ndarray  # [S,S,3] float sRGB in [0,1]
 
 
-def colour_cameras(centre: Tensor, radius: float, n: int, size: int):
+def colour_cameras(centre: Tensor, radius: float, n: int, size: int) -> Cameras:
     """Orbit cameras around ``centre`` framing a sphere of ``radius``, seeing every side: n azimuths at 0° and
-    ±45° elevation (the ±45° rings turned by half a step), plus top and bottom (DreamGaussian's layout)."""
+    ±45° elevation (the ±45° rings turned by half a step), plus top and bottom (DreamGaussian's rings)."""
     from lodsgs.cameras import orbit_cameras
     az = torch.arange(n) * 360.0 / n
     elev = torch.cat([torch.full((n,), 0.0), torch.full((n,), 45.0), torch.full((n,), -45.0),
@@ -80,7 +81,7 @@ def view_colours(points: Tensor, normals: Tensor, verts: Tensor, faces: Tensor, 
     return rgb.clamp(0, 1)
 
 
-def front_renders(splats: Splats, cams, zbuf: Tensor, depth: float) -> Tensor:
+def front_renders(splats: Splats, cams: Cameras, zbuf: Tensor, depth: float) -> Tensor:
     """RGB (premultiplied, over black) and alpha [C,4,H,W] of each view, rendered by lodsgs's renderer without
     the Gaussians whose centres lie more than ``depth`` behind the mesh's depth there: the object's far side,
     which shows through the gaps between small Gaussians (a 40,000-Gaussian sphere's near half alone covers
@@ -101,7 +102,7 @@ def front_renders(splats: Splats, cams, zbuf: Tensor, depth: float) -> Tensor:
     return torch.stack(out)
 
 
-def gather(points: Tensor, normals: Tensor, cams, images: Tensor, zbuf: Tensor,
+def gather(points: Tensor, normals: Tensor, cams: Cameras, images: Tensor, zbuf: Tensor,
            tolerance: float) -> tuple[Tensor, Tensor]:
     """Weighted sums of premultiplied colour [P,3] and of alpha [P] of the views at the points' pixels
     (bilinear: pixel centres at +0.5, as both renderers)."""
