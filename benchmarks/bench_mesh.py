@@ -41,13 +41,18 @@ SCORE_VIEWS = EvalViews(size=256)
 
 
 def score_mesh(splats: Splats, mesh, views: EvalViews = SCORE_VIEWS, ssaa: int = 2) -> dict:
-    """Silhouette IoU and colour error of the mesh's renders against the splats' at the eval views."""
+    """Silhouette IoU and colour error of the mesh's renders (textured or vertex-coloured) against the splats' at
+    the eval views."""
     background = world.BACKGROUND
     truth = images(splats, views, background)
     cams = view_cameras(views)
-    out = render_mesh(torch.tensor(np.asarray(mesh.vertices), dtype=torch.float32),
-                      torch.tensor(np.asarray(mesh.faces)), torch.tensor(mesh.metadata["rgb"], dtype=torch.float32),
-                      cams, background, ssaa)
+    verts, faces = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float32), torch.tensor(np.asarray(mesh.faces))
+    if "texture" in mesh.metadata:
+        out = render_mesh(verts, faces, None, cams, background, ssaa, uv=torch.tensor(mesh.metadata["uv"]),
+                          texture=torch.tensor(mesh.metadata["texture"]))
+    else:
+        out = render_mesh(verts, faces, torch.tensor(mesh.metadata["rgb"], dtype=torch.float32), cams, background,
+                          ssaa)
     mse = (out.rgb - truth[0]).pow(2).mean().item()
     m = metrics(mse, 0.0, (out.rgb, out.alpha > 0.5), truth)
     return {"iou": m["iou"], "color_error": m["color_error"]}

@@ -160,7 +160,7 @@ def render(
 
     lodsgs export runs/x/splats.ply --format spz-v2          # .spz version 2, for viewers that read no later one
 
-    lodsgs export runs/x --out x.glb                         # a vertex-coloured mesh (pip install 'lodsgs[mesh]')
+    lodsgs export runs/x --out x.glb                         # a textured mesh (pip install 'lodsgs[mesh]')
 
     lodsgs export runs/x --format gltf-splats --out x.glb    # the splats themselves, glTF KHR_gaussian_splatting
 
@@ -181,8 +181,8 @@ def export(
                                                    "(repeatable; see docs/mesh.md).")] = None,
 ) -> None:
     """Convert splats to antimatter15 .splat, Niantic .spz (version 4, or 2 with spz-v2), INRIA .ply, a .ply with SH
-    degree 3, glTF splats (a .glb with KHR_gaussian_splatting), or a vertex-coloured watertight mesh (.glb, .obj,
-    .ply)."""
+    degree 3, glTF splats (a .glb with KHR_gaussian_splatting), or a watertight mesh (.glb and .obj textured,
+    .ply vertex-coloured)."""
     from lodsgs.export import export as convert
     typer.echo(f"wrote {convert(file, format, out, sets)}")
 

@@ -266,7 +266,7 @@ def validate(cfg: Config, kind: Literal["3d", "2d"] = "3d") -> None:
     if not all(0 <= v <= 1 for v in cfg.render.background):
         raise LodsgsError(f"render.background is an RGB triple in [0, 1]; got {list(cfg.render.background)}")
     if cfg.run.mesh:  # at load time, not after the run
-        need_mesh_libraries(decimate=cfg.mesh.faces > 0)
+        need_mesh_libraries(decimate=cfg.mesh.faces > 0, texture=cfg.mesh.texture > 0)
 
 
 CAMERA_RANGES = {"elevation": (-90.0, 90.0), "azimuth": (-360.0, 360.0), "radius": (0.0, 1000.0),

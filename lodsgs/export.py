@@ -50,8 +50,11 @@ def write_export(file: Path, fmt: str, target: Path, cfg: Config) -> None:
 
     splats = load_splats(file)
     if fmt in MESH_FORMATS:
+        import dataclasses
+
         from lodsgs.splats.mesh import splats_to_mesh, write_mesh
-        write_mesh(splats_to_mesh(splats, cfg.mesh), target, fmt)
+        mesh_cfg = dataclasses.replace(cfg.mesh, texture=0) if fmt == "mesh-ply" else cfg.mesh  # PLY: no texture
+        write_mesh(splats_to_mesh(splats, mesh_cfg), target, fmt)
     elif fmt == "ply-sh3":
         write_ply(splats, target, sh_degree=3)
     elif fmt == "spz-v2":

@@ -45,7 +45,7 @@ class RunConfig:
     spz: bool = True  # also write RUN_DIR/splats.spz (version 4, a fifth of the .ply or less; spz-v2: lodsgs export)
     keep_checkpoints: bool = False  # keep checkpoints/step_XXXXX.pt beside last.pt (lodsgs view steps through them)
     view_every: int = bounded(10, 1)  # with --view: push the current splats to the browser every N steps
-    mesh: bool = False  # also write RUN_DIR/mesh.glb (vertex-coloured, watertight; needs lodsgs[mesh])
+    mesh: bool = False  # also write RUN_DIR/mesh.glb (textured, watertight; needs lodsgs[mesh])
 
 
 @dataclass
@@ -197,15 +197,16 @@ class MeshConfig:
     threshold: float = bounded(0.5, 0, 1e3, open_lo=True)  # density level of the surface: half an opaque peak
     faces: int = bounded(30000, 0, 10_000_000)  # decimate to about this many faces (0 = keep marching cubes')
     min_component: float = bounded(0.05, 0, 1)  # drop pieces with fewer faces than this share of the largest
-    views: int = bounded(6, 1, 360)  # colour views per elevation ring (two rings, plus top and bottom): 14 renders
-    view_size: int = bounded(96, 16, 4096)  # pixel size of the colour views
+    views: int = bounded(6, 1, 360)  # colour views per elevation ring (three rings, plus top and bottom): 20 renders
+    view_size: int = bounded(256, 16, 4096)  # pixel size of the colour views
+    texture: int = bounded(1024, 0, 8192)  # GLB / OBJ texture size in texels (0 = vertex colours instead)
 
 
 def need_mesh_libraries(decimate: bool = False, what: str = "mesh export",
-                        names: tuple[str, ...] = ("skimage", "trimesh", "scipy")) -> None:
+                        names: tuple[str, ...] = ("skimage", "trimesh", "scipy"), texture: bool = False) -> None:
     """One-line error naming ``what`` needs them when the ``mesh`` extra is missing."""
     import importlib.util
-    wanted = list(names) + (["fast_simplification"] if decimate else [])
+    wanted = list(names) + (["fast_simplification"] if decimate else []) + (["xatlas"] if texture else [])
     missing = [n for n in wanted if importlib.util.find_spec(n) is None]
     if missing:
         raise LodsgsError(f"{what} needs {', '.join(missing)}: pip install 'lodsgs[mesh]'")

@@ -28,13 +28,20 @@ def describe(path: Path) -> str:
         genus = f", genus {m['genus']}" if m["genus"] is not None else ""
         return (f"{path}: mesh, {m['vertices']} vertices, {m['faces']} faces, {m['pieces']} piece(s), "
                 f"{'watertight' if m['watertight'] else 'not watertight'}, Euler number {m['euler']}{genus}, "
-                f"{'vertex colours' if m['colours'] else 'no vertex colours'}, bounds {m['bounds'][0]} .. "
+                f"{colours(m)}, bounds {m['bounds'][0]} .. "
                 f"{m['bounds'][1]} (y-up)")
     from lodsgs.splats.io import load_splats
     splats = load_splats(path)
     lo, hi = splats.means.min(0).values.tolist(), splats.means.max(0).values.tolist()
     return (f"{path}: {splats.num} Gaussians, SH degree {splats.sh_degree}, "
             f"bounds {[round(v, 3) for v in lo]} .. {[round(v, 3) for v in hi]} (y-up)")
+
+
+def colours(m: dict) -> str:
+    """How a mesh summary's mesh is coloured: its texture's size, vertex colours, or neither."""
+    if m["texture"] is not None:
+        return f"texture {m['texture'][0]}x{m['texture'][1]}"
+    return "vertex colours" if m["colours"] else "no vertex colours"
 
 
 def describe_run(path: Path) -> str:

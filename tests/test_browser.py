@@ -185,6 +185,33 @@ def test_mesh_glb_in_three_gltfloader(tmp_path):
     assert scores["colour_diff"] <= 0.05, scores
 
 
+@pytest.mark.slow
+def test_textured_glb_in_three_gltfloader_keeps_the_checkerboard(tmp_path):
+    """A 16 × 32 checkerboard sphere's textured GLB in three.js: the cells where the splats have them (with the
+    texture read upside down the colour difference is 0.23), closer than its vertex-coloured GLB."""
+    browser.need_browser()
+    browser.need((browser.WEB_CACHE / "node_modules" / "three").is_dir(), "three is not installed (make web)")
+    pytest.importorskip("xatlas")
+    from benchmarks.bench_bake import checker_sphere
+    from lodsgs.splats.mesh import MeshConfig, splats_to_mesh, write_mesh
+    splats = checker_sphere()
+    position, fov = eval_camera_pose(CAMERA)
+    ours = browser.own_render(splats, position, np.degrees(fov), W, H, WHITE)
+    shots, scores = {}, {}
+    for name, texture in (("textured", 1024), ("vertex", 0)):
+        write_mesh(splats_to_mesh(splats, MeshConfig(texture=texture)), tmp_path / f"{name}.glb", "glb")
+        shots[name] = page_shot("three.html", tmp_path, f"{name}.glb")
+        scores[name] = browser.compare(shots[name], ours, WHITE)
+    print(f"three.js GLTFLoader vs lodsgs's splats, checkerboard sphere: {scores}")  # quoted in docs/mesh.md
+    if os.environ.get("LODSGS_UPDATE_DOCS") == "1":  # docs/mesh_texture.png: splats, textured, vertex-coloured
+        from PIL import Image
+        side = np.concatenate([ours, shots["textured"], shots["vertex"]], 1)
+        Image.fromarray((side.clip(0, 1) * 255).astype(np.uint8)).save(
+            Path(__file__).parents[1] / "docs" / "mesh_texture.png")
+    assert scores["textured"]["iou"] >= 0.95, scores
+    assert scores["textured"]["colour_diff"] <= min(0.1, scores["vertex"]["colour_diff"]), scores
+
+
 def test_kernel_render_with_gsplats_kernel_is_own_render():
     """The reference the viewers are held to: with gsplat's kernel it draws what lodsgs's own renderer draws."""
     for name in SCENES:

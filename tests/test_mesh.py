@@ -32,7 +32,7 @@ from lodsgs.splats.model import Splats
 pytest.importorskip("skimage")
 pytest.importorskip("trimesh")
 runner = CliRunner()
-FAST = MeshConfig(resolution=64, views=4, view_size=64)
+FAST = MeshConfig(resolution=64, views=4, view_size=64, texture=0)  # vertex colours: textures are tests/test_bake.py's
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_torus_mesh_is_watertight_with_one_hole_and_matches_its_splats(torus):
 
 
 def test_sphere_mesh_is_one_closed_surface_without_its_hollow_inside():
-    mesh = splats_to_mesh(build_object("a green sphere"), MeshConfig(resolution=32, views=2, view_size=32, faces=0))
+    mesh = splats_to_mesh(build_object("a green sphere"),
+                          MeshConfig(resolution=32, views=2, view_size=32, faces=0, texture=0))
     s = mesh_summary(mesh)
     assert s["watertight"] and s["pieces"] == 1 and s["genus"] == 0, s
     r = np.linalg.norm(mesh.vertices, axis=1)  # splats on a radius-0.5 shell: no inner surface
@@ -66,7 +67,7 @@ def test_sphere_mesh_is_one_closed_surface_without_its_hollow_inside():
 @pytest.mark.slow
 def test_decimation_keeps_the_surface_closed(torus):
     pytest.importorskip("fast_simplification")
-    mesh = splats_to_mesh(torus[0], MeshConfig(resolution=64, views=4, view_size=64, faces=4000))
+    mesh = splats_to_mesh(torus[0], MeshConfig(resolution=64, views=4, view_size=64, faces=4000, texture=0))
     s = mesh_summary(mesh)
     assert s["faces"] <= 4100 and s["watertight"] and s["genus"] == 1, s
 
@@ -79,7 +80,7 @@ def test_a_thin_strut_of_stray_gaussians_adds_no_handle():
     strut = Splats.from_points(torch.stack([torch.linspace(-0.3, 0.3, n), torch.zeros(n), torch.zeros(n)], -1),
                                torch.full((n, 3), 0.6), scale=0.004, opacity=0.99)
     splats = Splats({k: torch.cat([ring.params[k].detach(), strut.params[k].detach()]) for k in ring.params})
-    cfg = MeshConfig(resolution=64, views=2, view_size=32, faces=0)
+    cfg = MeshConfig(resolution=64, views=2, view_size=32, faces=0, texture=0)
     grid = M.grid_box(splats, cfg.resolution)
     field = M.fill_inside(M.density_grid(splats, grid).numpy(), cfg.threshold)
     kept = mesh_summary(M.clean(*M.surface(field, grid, cfg.threshold), cfg.min_component))
@@ -187,7 +188,7 @@ def test_export_from_a_run_folder_by_extension_then_info(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     write_ply(build_object("a purple torus"), run / "splats.ply")
-    cfg = load_config(None, ["mesh.resolution=48", "mesh.views=4", "mesh.view_size=48"])
+    cfg = load_config(None, ["mesh.resolution=48", "mesh.views=4", "mesh.view_size=48", "mesh.texture=256"])
     from lodsgs.config import save_config
     save_config(cfg, run / "config.yaml")  # the run's own mesh settings are used
     for out, extra in (("m.glb", []), ("m.obj", []), ("m.ply", ["--format", "mesh-ply"])):
@@ -196,7 +197,9 @@ def test_export_from_a_run_folder_by_extension_then_info(tmp_path):
         info = runner.invoke(app, ["info", str(tmp_path / out)])
         assert info.exit_code == 0, info.output
         assert "not watertight" not in info.output and "watertight" in info.output and "genus 1" in info.output
-        assert "vertex colours" in info.output and "no vertex colours" not in info.output
+        # GLB and OBJ carry the texture (OBJ: beside it, m.mtl and m.png); PLY has no texture: vertex colours
+        assert ("vertex colours" if out == "m.ply" else "texture 256x256") in info.output, info.output
+        assert "no vertex colours" not in info.output
     splat_info = runner.invoke(app, ["info", str(run / "splats.ply")])  # a splat .ply is still splats
     assert "Gaussians" in splat_info.output
 
@@ -214,10 +217,10 @@ def test_generate_with_run_mesh_writes_mesh_glb(tiny_sets, tmp_path):
     from lodsgs.rundir import run_name
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), "--quiet",
                                  *tiny_sets("latent", "run.mesh=true", "mesh.threshold=0.02", "mesh.resolution=32",
-                                            "mesh.views=2", "mesh.view_size=32")])
+                                            "mesh.views=2", "mesh.view_size=32", "mesh.texture=256")])
     assert result.exit_code == 0, result.output
     mesh = load_mesh(tmp_path / run_name("a corgi", 0) / "mesh.glb")
-    assert len(mesh.faces) > 0
+    assert len(mesh.faces) > 0 and mesh_summary(mesh)["texture"] == (256, 256)  # run.mesh writes it textured
 
 
 def test_missing_mesh_extra_is_one_line(monkeypatch):

@@ -1,17 +1,18 @@
-"""Splats to a vertex-coloured, watertight triangle mesh on the CPU: GLB (glTF 2.0), OBJ or PLY.
+"""Splats to a watertight triangle mesh on the CPU, textured or vertex-coloured: GLB (glTF 2.0), OBJ or PLY.
 
 The path, one function a step: the opacity density sum_i o_i exp(-1/2 d^T S_i^-1 d) of the Gaussians on a grid
 around them (as DreamGaussian's extraction, each Gaussian added over the voxels near it only); the inside of
 closed surfaces filled (splats of a surface are a shell with a hollow inside); struts thinner than two cells
 dropped (stray Gaussians' bridges, which add handles the renders do not show); marching cubes (scikit-image's
 Lewiner variant, which resolves the ambiguous cube cases so the surface is closed and manifold); clean-up with
-trimesh (merge vertices, drop small pieces); optional quadric decimation (fast-simplification); vertex colours
-taken from the splats' own renders where each vertex is in view. Axes are lodsgs's world: y up, the front
-facing +z, one unit one metre, which is glTF's convention, so no transform is applied.
+trimesh (merge vertices, drop small pieces); optional quadric decimation (fast-simplification); colours taken
+from the splats' own renders (bake.py): a UV atlas and its texture, or one colour a vertex. Axes are lodsgs's
+world: y up, the front facing +z, one unit one metre, which is glTF's convention, so no transform is applied.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from lodsgs.config import MeshConfig, need_mesh_libraries  # noqa: F401  (re-exported: the mesh API)
 from lodsgs.errors import LodsgsError
+from lodsgs.splats.bake import Texture, bake_texture, view_colours
 from lodsgs.splats.glb import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, add_accessor, glb_json_bytes, pack_glb
 from lodsgs.splats.model import Splats
 
@@ -165,77 +167,45 @@ def decimate(mesh, faces: int, min_component: float):
     return mesh  # every try broke a watertight surface: keep it undecimated
 
 
-def colour_cameras(centre: Tensor, radius: float, n: int, size: int):
-    """Orbit cameras around ``centre`` that see every side: n azimuths at ±30° elevation, plus top and bottom."""
-    from lodsgs.cameras import orbit_cameras
-    az = torch.arange(n) * 360.0 / n
-    elev = torch.cat([torch.full((n,), 30.0), torch.full((n,), -30.0), torch.tensor([89.0, -89.0])])
-    azim = torch.cat([az, az + 180.0 / n, torch.zeros(2)])
-    fovy = 40.0
-    distance = radius / math.sin(math.radians(fovy / 2)) * 1.05
-    m = len(elev)
-    return orbit_cameras(elev, azim, torch.full((m,), distance), torch.full((m,), fovy), size, size,
-                         targets=centre.expand(m, 3))
-
-
-@torch.no_grad()
-def vertex_colors(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, splats: Splats, cfg: MeshConfig,
-                  tolerance: float) -> np.ndarray:
-    """sRGB colours [V,3] from the splats' own renders: each vertex takes the alpha- and cos²-weighted mean
-    colour of the views where the mesh's depth buffer shows it (within ``tolerance``) facing the camera;
-    vertices no view sees take their nearest Gaussians' colour."""
-    from lodsgs.splats.mesh_render import project, render_mesh
-    from lodsgs.splats.render import render
-    v = torch.tensor(np.asarray(verts), dtype=torch.float32)
-    lo, hi = v.amin(0), v.amax(0)
-    cams = colour_cameras((lo + hi) / 2, float((hi - lo).norm()) / 2, cfg.views, cfg.view_size)
-    shot = render(splats, cams)  # over black: rgb is premultiplied by alpha
-    zbuf = render_mesh(v, torch.tensor(np.asarray(faces)), torch.zeros_like(v), cams).depth
-    uv, z = project(v, cams)
-    size = cfg.view_size
-    grid = (uv / size * 2 - 1)[:, :, None]  # [C,V,1,2] for grid_sample (align_corners=False: pixel centres)
-    images = torch.cat([shot.rgb, shot.alpha], -1).permute(0, 3, 1, 2)
-    sampled = torch.nn.functional.grid_sample(images, grid, align_corners=False)[..., 0].permute(0, 2, 1)
-    px = uv.floor().long().clamp(0, size - 1)
-    nearest = zbuf[torch.arange(len(cams))[:, None], px[..., 1], px[..., 0]]
-    seen = (z <= nearest + tolerance) & (uv >= 0).all(-1) & (uv < size).all(-1)
-    towards = torch.nn.functional.normalize(cams.positions[:, None] - v[None], dim=-1)
-    cos = (towards * torch.tensor(np.asarray(normals), dtype=torch.float32)[None]).sum(-1).clamp_min(0)
-    weight = seen * cos**2
-    premult = (weight[..., None] * sampled[..., :3]).sum(0)
-    cover = (weight * sampled[..., 3]).sum(0)
-    rgb = premult / cover.clamp_min(1e-6)[:, None]
-    unseen = cover < 1e-3
-    if unseen.any():
-        rgb[unseen] = nearest_gaussian_colors(v[unseen], splats)
-    return rgb.clamp(0, 1).numpy()
-
-
-def nearest_gaussian_colors(points: Tensor, splats: Splats, k: int = 8, chunk: int = 4096) -> Tensor:
-    """Opacity- and inverse-distance-weighted colour of the ``k`` Gaussians nearest each point."""
-    means, rgb, op = splats.means.detach(), splats.rgb.detach().clamp(0, 1), splats.opacities.detach()
-    out = []
-    for i in range(0, len(points), chunk):
-        d, j = torch.cdist(points[i:i + chunk], means).topk(min(k, len(means)), largest=False)
-        w = op[j] / (d + 1e-4)
-        out.append((w[..., None] * rgb[j]).sum(1) / w.sum(1, keepdim=True))
-    return torch.cat(out)
-
-
 def splats_to_mesh(splats: Splats, cfg: MeshConfig | None = None):
-    """The whole path: a trimesh.Trimesh with sRGB vertex colours (``visual.vertex_colors``, uint8) and the float
-    colours in ``metadata["rgb"]``; a one-line LodsgsError for empty, transparent or surfaceless splats."""
+    """The whole path: a trimesh.Trimesh, textured when ``cfg.texture`` > 0 (its vertices split along the UV
+    atlas's seams; ``metadata["uv"]`` [V,2] in glTF's convention and ``metadata["texture"]`` [S,S,3] float sRGB,
+    also as trimesh's ``visual``), else with sRGB vertex colours (``visual.vertex_colors``, uint8, and the float
+    colours in ``metadata["rgb"]``); a one-line LodsgsError for empty, transparent or surfaceless splats."""
     cfg = cfg or MeshConfig()
-    need_mesh_libraries(decimate=cfg.faces > 0)
+    need_mesh_libraries(decimate=cfg.faces > 0, texture=cfg.texture > 0)
     if splats.num == 0 or float(splats.opacities.detach().max()) <= TAIL:
         raise LodsgsError("the splats are empty or fully transparent: there is no surface to mesh")
     grid = grid_box(splats, cfg.resolution)
     field = drop_struts(fill_inside(density_grid(splats, grid).numpy(), cfg.threshold), cfg.threshold)
     mesh = decimate(clean(*surface(field, grid, cfg.threshold), cfg.min_component), cfg.faces, cfg.min_component)
-    rgb = vertex_colors(mesh.vertices, mesh.vertex_normals, mesh.faces, splats, cfg, tolerance=2 * grid.voxel)
+    verts, faces, normals = (np.asarray(a) for a in (mesh.vertices, mesh.faces, mesh.vertex_normals))
+    if cfg.texture > 0:
+        return textured(verts, normals, bake_texture(verts, faces, normals, splats, cfg, tolerance=2 * grid.voxel))
+    v = torch.tensor(verts, dtype=torch.float32)
+    rgb = view_colours(v, torch.tensor(normals, dtype=torch.float32), v, torch.tensor(faces), splats, cfg.views,
+                       cfg.view_size, tolerance=2 * grid.voxel).numpy()
     mesh.visual.vertex_colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
     mesh.metadata["rgb"] = rgb
     return mesh
+
+
+def textured(verts: np.ndarray, normals: np.ndarray, tex: Texture):
+    """The UV-mapped trimesh of a baked texture: vertices copied from the watertight mesh's (normals too, so
+    shading stays smooth across seams), trimesh's TextureVisuals (its uv has v up) and lodsgs's metadata."""
+    import trimesh
+    from PIL import Image
+    mesh = trimesh.Trimesh(verts[tex.source], tex.faces, process=False)
+    mesh.vertex_normals = normals[tex.source]
+    material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(to_uint8(tex.image)),
+                                                      diffuse=(255, 255, 255, 255), specular=(0, 0, 0, 255))
+    mesh.visual = trimesh.visual.TextureVisuals(uv=tex.uv * [1, -1] + [0, 1], material=material)
+    mesh.metadata.update(uv=tex.uv, texture=tex.image)
+    return mesh
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -243,37 +213,80 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-# glTF's unlit material (KHR_materials_unlit): a viewer shows COLOR_0 as it is, unchanged by lights
+# glTF's unlit material (KHR_materials_unlit): a viewer shows COLOR_0 or the texture as it is, unchanged by lights
 UNLIT_MATERIAL = {"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
                                            "roughnessFactor": 1.0},
                   "extensions": {"KHR_materials_unlit": {}}}
+LINEAR, CLAMP_TO_EDGE = 9729, 33071  # glTF sampler filter and wrap modes
 
 
-def glb_bytes(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, rgb: np.ndarray) -> bytes:
-    """A binary glTF 2.0 file of one unlit (KHR_materials_unlit) vertex-coloured mesh: float linear COLOR_0, so
-    a viewer shows the splats' sRGB colours unchanged by lighting. trimesh's writer has neither unlit materials
-    nor float colours (it stores uint8, whose steps are 0.05 in dark sRGB once linear)."""
+def glb_bytes(verts: np.ndarray, normals: np.ndarray, faces: np.ndarray, rgb: np.ndarray | None = None, *,
+              uv: np.ndarray | None = None, png: bytes | None = None) -> bytes:
+    """A binary glTF 2.0 file of one unlit (KHR_materials_unlit) mesh, so a viewer shows the splats' sRGB colours
+    unchanged by lighting: textured (TEXCOORD_0 ``uv`` [V,2] and the sRGB ``png`` as baseColorTexture, filtered
+    linearly and clamped at the edges) or vertex-coloured (float linear COLOR_0 from sRGB ``rgb`` [V,3]).
+    trimesh's writer has neither unlit materials nor float colours (it stores uint8, whose steps are 0.05 in
+    dark sRGB once linear)."""
+    material = copy.deepcopy(UNLIT_MATERIAL)
+    colour = "TEXCOORD_0" if png is not None else "COLOR_0"
     blob, doc = bytearray(), {"asset": {"version": "2.0", "generator": "lodsgs"},
                               "extensionsUsed": ["KHR_materials_unlit"], "scene": 0, "scenes": [{"nodes": [0]}],
                               "nodes": [{"mesh": 0, "name": "splats"}],
-                              "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2},
+                              "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, colour: 2},
                                                           "indices": 3, "material": 0, "mode": 4}]}],
-                              "materials": [UNLIT_MATERIAL], "buffers": [], "bufferViews": [], "accessors": []}
-    for array, bounds in ((np.asarray(verts, "<f4"), True), (np.asarray(normals, "<f4"), False),
-                          (srgb_to_linear(np.asarray(rgb, np.float64)).astype("<f4"), False)):
-        add_accessor(blob, doc, array, 5126, "VEC3", ARRAY_BUFFER, bounds)
+                              "materials": [material], "buffers": [], "bufferViews": [], "accessors": []}
+    add_accessor(blob, doc, np.asarray(verts, "<f4"), 5126, "VEC3", ARRAY_BUFFER, bounds=True)
+    add_accessor(blob, doc, np.asarray(normals, "<f4"), 5126, "VEC3", ARRAY_BUFFER)
+    if png is not None:
+        add_accessor(blob, doc, np.asarray(uv, "<f4"), 5126, "VEC2", ARRAY_BUFFER)
+    else:
+        add_accessor(blob, doc, srgb_to_linear(np.asarray(rgb, np.float64)).astype("<f4"), 5126, "VEC3", ARRAY_BUFFER)
     add_accessor(blob, doc, np.asarray(faces, "<u4").reshape(-1), 5125, "SCALAR", ELEMENT_ARRAY_BUFFER)
+    if png is not None:  # the PNG as one more bufferView (no target: not vertex data), then its image and texture
+        doc["bufferViews"].append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(png)})
+        blob += png + b"\0" * (-len(png) % 4)
+        doc |= {"images": [{"bufferView": len(doc["bufferViews"]) - 1, "mimeType": "image/png"}],
+                "samplers": [{"magFilter": LINEAR, "minFilter": LINEAR, "wrapS": CLAMP_TO_EDGE,
+                              "wrapT": CLAMP_TO_EDGE}],
+                "textures": [{"sampler": 0, "source": 0}]}
+        material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": 0}
     doc["buffers"] = [{"byteLength": len(blob)}]
     return pack_glb(doc, blob)
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """An sRGB image [H,W,3] in [0, 1] as PNG bytes."""
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def write_mesh(mesh, path: Path, fmt: str) -> None:
-    """Write ``mesh`` as ``glb``, ``obj`` (vertex colours as 'v x y z r g b') or ``mesh-ply`` (uchar colours),
-    atomically; y up in every format."""
+    """Write ``mesh`` as ``glb``, ``obj`` or ``mesh-ply`` (uchar vertex colours), atomically; y up in every
+    format. A textured OBJ is three files: PATH, its .mtl and its .png beside it (the .obj written last, so an
+    .obj on disk has its material); a vertex-coloured one writes 'v x y z r g b'."""
     from lodsgs.files import atomic_path
-    with atomic_path(Path(path)) as tmp:
-        if fmt == "glb":
+    path = Path(path)
+    textured = "texture" in mesh.metadata
+    if fmt == "obj" and textured:
+        from trimesh.exchange.obj import export_obj
+        mesh.visual.material.name = path.stem
+        text, files = export_obj(mesh, include_normals=True, return_texture=True, mtl_name=f"{path.stem}.mtl",
+                                 header="lodsgs")
+        for name, data in sorted(files.items(), key=lambda item: item[0].endswith(".mtl")):  # .png, then .mtl
+            with atomic_path(path.with_name(name)) as tmp:
+                tmp.write_bytes(data)
+    with atomic_path(path) as tmp:
+        if fmt == "glb" and textured:
+            tmp.write_bytes(glb_bytes(mesh.vertices, mesh.vertex_normals, mesh.faces, uv=mesh.metadata["uv"],
+                                      png=png_bytes(mesh.metadata["texture"])))
+        elif fmt == "glb":
             tmp.write_bytes(glb_bytes(mesh.vertices, mesh.vertex_normals, mesh.faces, mesh.metadata["rgb"]))
+        elif fmt == "obj" and textured:
+            tmp.write_text(text)
         else:
             mesh.export(str(tmp), file_type={"obj": "obj", "mesh-ply": "ply"}[fmt])
 
@@ -293,19 +306,27 @@ def load_mesh(path: Path):
     return mesh
 
 
+def texture_size(mesh) -> tuple[int, int] | None:
+    """(width, height) of the colour texture a mesh's UVs map (a glTF baseColorTexture, an OBJ map_Kd), else None."""
+    from lodsgs.splats.surface import image_of
+    image = image_of(getattr(mesh.visual, "material", None))
+    return tuple(image.size) if image is not None and getattr(mesh.visual, "uv", None) is not None else None
+
+
 def glb_json(path: Path) -> bytes:
     """The JSON chunk of a binary glTF file (trimesh keeps no COLOR_0 beside a material, so ``info`` reads it)."""
     return glb_json_bytes(path)
 
 
 def mesh_summary(mesh) -> dict:
-    """Vertices, faces, pieces, watertight, Euler number, genus (total over pieces, when watertight), bounds."""
+    """Vertices, faces, pieces, watertight, Euler number, genus (total over pieces, when watertight), bounds,
+    vertex colours or not, texture size (or None)."""
     merged = mesh.copy()
-    merged.merge_vertices()  # glTF / PLY readers may split vertices; topology needs them shared
+    merged.merge_vertices(merge_tex=True, merge_norm=True)  # split at UV seams or by readers; topology: shared
     pieces = len(merged.split(only_watertight=False))
     watertight = bool(merged.is_watertight)
     euler = int(merged.euler_number)
     return {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "pieces": pieces, "watertight": watertight,
             "euler": euler, "genus": (2 * pieces - euler) // 2 if watertight else None,
             "bounds": np.round(mesh.bounds, 3).tolist(),
-            "colours": mesh.metadata.get("colours", mesh.visual.kind == "vertex")}
+            "colours": mesh.metadata.get("colours", mesh.visual.kind == "vertex"), "texture": texture_size(mesh)}

@@ -1,7 +1,8 @@
 """A small z-buffer rasterizer for triangle meshes on the CPU (torch, vectorized over faces and pixels).
 
-It draws vertex-coloured meshes from the same OpenCV cameras as the splat renderer, so a mesh can be compared
-with its splats pixel for pixel, and it gives the depth buffers that decide which vertices a view sees.
+It draws vertex-coloured or textured meshes from the same OpenCV cameras as the splat renderer, so a mesh can be
+compared with its splats pixel for pixel, and it gives the depth buffers that decide which surface points a view
+sees.
 Perspective-correct barycentrics; pixel centres at (i + 0.5, j + 0.5) as in the splat renderer; ``ssaa``
 renders at a multiple of the size and averages (antialiased edges, as a browser draws them).
 """
@@ -92,22 +93,23 @@ def _cover(fu, fz, lo, hi, cams, fids, side, width, height):
 
 
 @torch.no_grad()
-def render_mesh(verts: Tensor, faces: Tensor, colors: Tensor, cameras: Cameras, background=(1.0, 1.0, 1.0),
-                ssaa: int = 1) -> MeshImages:
-    """Colour, coverage and depth of a vertex-coloured mesh (verts [V,3], faces [F,3], colors [V,3]) from every
-    camera, over ``background``."""
-    verts, faces, colors = (torch.as_tensor(x) for x in (verts, faces, colors))
-    faces = faces.long()
+def render_mesh(verts: Tensor, faces: Tensor, colors: Tensor | None, cameras: Cameras, background=(1.0, 1.0, 1.0),
+                ssaa: int = 1, uv: Tensor | None = None, texture: Tensor | None = None) -> MeshImages:
+    """Colour, coverage and depth of a mesh (verts [V,3], faces [F,3]) from every camera, over ``background``:
+    vertex-coloured (colors [V,3]) or textured (uv [V,2] in glTF's convention, texture [S,S,3], sampled
+    bilinearly as a viewer's linear filter does)."""
+    verts, faces = torch.as_tensor(verts), torch.as_tensor(faces).long()
     C, W, H = len(cameras), cameras.width * ssaa, cameras.height * ssaa
-    uv, z = project(verts, cameras, ssaa)
-    pix, depth, fid, bary = fragments(uv, z, faces, W, H)
+    uv_px, z = project(verts, cameras, ssaa)
+    pix, depth, fid, bary = fragments(uv_px, z, faces, W, H)
     zbuf = torch.full((C * H * W,), float("inf"))
     zbuf.scatter_reduce_(0, pix, depth, reduce="amin")
     win = depth <= zbuf[pix]
     rgb = torch.as_tensor(background, dtype=torch.float32).repeat(C * H * W, 1)
     alpha = torch.zeros(C * H * W)
-    face_rgb = (bary[win, :, None] * colors.float()[faces[fid[win]]]).sum(1)
-    rgb[pix[win]] = face_rgb
+    attribute = torch.as_tensor(colors if texture is None else uv).float()  # what is interpolated per pixel
+    value = (bary[win, :, None] * attribute[faces[fid[win]]]).sum(1)
+    rgb[pix[win]] = value if texture is None else sample_texture(torch.as_tensor(texture), value)
     alpha[pix[win]] = 1.0
     rgb, alpha, zbuf = rgb.reshape(C, H, W, 3), alpha.reshape(C, H, W), zbuf.reshape(C, H, W)
     if ssaa > 1:
@@ -116,3 +118,11 @@ def render_mesh(verts: Tensor, faces: Tensor, colors: Tensor, cameras: Cameras, 
         alpha = pool(alpha[:, None], ssaa)[:, 0]
         zbuf = -torch.nn.functional.max_pool2d(-zbuf[:, None], ssaa)[:, 0]
     return MeshImages(rgb, alpha, zbuf)
+
+
+def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
+    """Bilinear lookups [P,3] of a texture [S,S,3] at uv [P,2] (glTF's convention: texel centres at (i + 0.5) / S,
+    v down from the top row), clamped at the edges, as a viewer's linear, clamp-to-edge sampler."""
+    image = texture.float().permute(2, 0, 1)[None]
+    grid = (uv.float() * 2 - 1)[None, :, None]  # [1,P,1,2]; align_corners=False puts -1 at the first texel's edge
+    return torch.nn.functional.grid_sample(image, grid, align_corners=False, padding_mode="border")[0, :, :, 0].T
