@@ -9,6 +9,8 @@ ours, because gsplat's own compositor needs CUDA (gsplat's rasterize_to_pixels i
    (done per camera: smaller sorts).
 3. Transmittance is a segmented exclusive cumsum of log(1 - alpha) in float64; colour, depth and alpha
    are per-pixel segment sums. Runs of whole pixels (~1M pairs) are composited at a time.
+4. When gradients are wanted, a no-grad pre-pass first drops the pairs behind each pixel's transmittance cut,
+   which add nothing to the image or to any gradient: autograd then sees the visible pairs only.
 Cost scales with the pairs, i.e. with the Gaussians touching each pixel, not with Gaussians × pixels.
 
 Alpha rules follow gsplat's CUDA kernel: alpha = min(0.999, o·exp(-sigma)), pairs with sigma < 0 or
@@ -208,15 +210,52 @@ def _composite_chunked(
         cuts = torch.searchsorted(ends, targets, right=True)
         pixel_cuts = [0, *torch.unique(cuts).tolist(), n_pixels]
         pair_cuts = torch.cat([ends.new_zeros(1), ends])[pixel_cuts].tolist()
+    backward = torch.is_grad_enabled() and any(r.requires_grad for r in rows)  # else the pre-pass costs more
     zero = rows[0][:0].sum()  # 0, but on the autograd graph: empty views still backprop (zero gradients)
     outs = []
     for p0, p1, s0, s1 in zip(pixel_cuts[:-1], pixel_cuts[1:], pair_cuts[:-1], pair_cuts[1:]):
         if s1 == s0:
             outs.append([zero.expand(p1 - p0)] * 5)
             continue
-        attrs = [r.index_select(0, entry[s0:s1]) for r in rows]
-        outs.append(_composite(pix[s0:s1] - p0, attrs, counts[p0:p1], p0, width, height))
+        pix_c, entry_c, counts_c = pix[s0:s1] - p0, entry[s0:s1], counts[p0:p1]
+        if backward:
+            pix_c, entry_c, counts_c = _visible_pairs(pix_c, entry_c, rows, counts_c, p0, width, height)
+        attrs = [r.index_select(0, entry_c) for r in rows]
+        outs.append(_composite(pix_c, attrs, counts_c, p0, width, height))
     return [torch.cat(parts) for parts in zip(*outs)]
+
+
+@torch.no_grad()
+def _visible_pairs(
+    pix: Tensor, entry: Tensor, rows: list[Tensor], counts: Tensor, p0: int, width: int, height: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The pairs in front of each pixel's transmittance cut (and their per-pixel counts): the only ones that
+    add to an image or a gradient. Behind an opaque surface most pairs do not (about 60 % of them in a
+    shapes-profile step), and dropping them first spares the attribute gathers, the autograd graph and the
+    backward their work (a render without gradients skips this pass: there it costs more than it saves). The
+    cut is a prefix of each pixel's pairs, so the kept pairs composite to the same
+    sums (``_composite`` recomputes the same transmittance from them)."""
+    alpha = _alpha(pix, [r.index_select(0, entry) for r in rows[:6]], p0, width, height)
+    log_t = torch.log1p(-alpha.double())
+    incl = torch.cumsum(log_t, 0)
+    seg_start = (torch.cumsum(counts, 0) - counts).index_select(0, pix)
+    keep = (incl - (incl - log_t).index_select(0, seg_start)) > math.log(T_MIN)
+    keep &= alpha > 0  # skipped pairs (alpha < 1/255 or sigma < 0) add nothing either
+    pix, entry = pix[keep], entry[keep]
+    return pix, entry, torch.bincount(pix, minlength=len(counts))
+
+
+def _alpha(pix: Tensor, attrs: list[Tensor], p0: int, width: int, height: int) -> Tensor:
+    """gsplat's alpha of each pair: min(0.999, o·exp(-sigma)), 0 for the pairs it skips (sigma < 0, alpha <
+    1/255). ``attrs``: the pairs' mean x, mean y, conic a, b, c and opacity; ``pix`` their pixel minus ``p0``."""
+    mx, my, a, b, c, opac = attrs
+    with torch.no_grad():
+        xy = (pix + p0) % (width * height)
+        px, py = (xy % width).float() + 0.5, (xy // width).float() + 0.5
+    dx, dy = mx - px, my - py
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = torch.clamp_max(opac * torch.exp(-sigma), ALPHA_MAX)
+    return alpha * ((sigma >= 0) & (alpha >= ALPHA_MIN))
 
 
 def _composite(
@@ -227,15 +266,9 @@ def _composite(
     ``pix`` [P] are pixel ids minus ``p0``, ``counts`` the pairs of each of those pixels, and ``attrs``
     ten [P] tensors per pair: mean x, mean y, conic a, b, c, opacity, r, g, b, depth.
     """
-    mx, my, a, b, c, opac = attrs[:6]
+    alpha = _alpha(pix, attrs[:6], p0, width, height)
     with torch.no_grad():
-        xy = (pix + p0) % (width * height)
-        px, py = (xy % width).float() + 0.5, (xy // width).float() + 0.5
         seg_start = (torch.cumsum(counts, 0) - counts).int().index_select(0, pix)
-    dx, dy = mx - px, my - py
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(opac * torch.exp(-sigma), ALPHA_MAX)
-    alpha = alpha * ((sigma >= 0) & (alpha >= ALPHA_MIN))  # gsplat skips these pairs
     log_t = torch.log1p(-alpha.double())
     incl = torch.cumsum(log_t, 0)
     excl = incl - log_t
