@@ -248,3 +248,31 @@ def test_gsplat_cuda_matches_cpu_rasterizer():
     for key, g in grads_cpu.items():
         g_gpu = splats_gpu.params[key].grad.cpu()
         assert (g_gpu - g).abs().max() <= 1e-3 * g.abs().max() + 1e-6, key
+
+
+def test_pairs_behind_the_transmittance_cut_are_dropped_and_gradients_still_match(monkeypatch):
+    """An opaque front layer hides a second layer: the pre-pass keeps only the pairs in front of each pixel's
+    cut (most pairs here), and images and gradients still match the dense oracle, which has no such pass."""
+    import lodsgs.splats.raster_torch as rt
+
+    g = torch.Generator().manual_seed(3)
+    n = 200
+    xy = (torch.rand(n, 2, generator=g) - 0.5) * 0.8
+    # half in front, half behind (the camera sits at +z); distinct depths, so both renderers sort them alike
+    depth = torch.where(torch.arange(n) < n // 2, 0.3, -0.3)[:, None] + 0.05 * torch.rand(n, 1, generator=g)
+    scales = torch.log(0.06 + 0.1 * torch.rand(n, 3, generator=g))  # anisotropic: the rotations matter
+    splats = Splats({"means": torch.cat([xy, depth], 1), "scales": scales,
+                     "quats": torch.randn(n, 4, generator=g), "opacities": torch.full((n,), 6.0),
+                     "sh0": torch.randn(n, 1, 3, generator=g)})
+    cams, bg = cameras(1, 24, 24), torch.rand(1, 3, generator=g)
+    weights = [torch.randn(1, 24, 24, k, generator=g) for k in (3, 1, 1)]
+    seen = []
+    visible = rt._visible_pairs
+    monkeypatch.setattr(rt, "_visible_pairs", lambda pix, *a: seen.append(len(pix)) or (out := visible(pix, *a))
+                        and seen.append(len(out[0])) or out)
+    rgb, alpha, depth_img, grads = render_with(rasterize, splats, cams, bg, weights)
+    assert len(seen) == 2 and seen[1] < 0.5 * seen[0]  # most pairs lie behind the cut
+    rgb_d, alpha_d, depth_d, grads_d = render_with(render_dense, splats, cams, bg, weights)
+    assert (rgb - rgb_d).abs().max() <= 2e-5 and (alpha - alpha_d).abs().max() <= 2e-5
+    for key, gd in grads_d.items():
+        assert (grads[key] - gd).abs().max() <= 1e-4 * gd.abs().max() + 1e-7, key
