@@ -28,7 +28,7 @@ venv:
 # The versions of the packages lodsgs depends on, as pip constraints (torch without its +cpu / +cuXXX tag, so
 # a GPU machine keeps its CUDA build): run after a green CI, commit constraints.txt.
 PINNED = torch diffusers transformers huggingface[-_]hub peft tokenizers safetensors accelerate gsplat plyfile numpy \
-	typer rich pyyaml pillow imageio viser ray matplotlib pytest pytest[-_]timeout psutil ruff build wheel \
+	typer rich pyyaml pillow imageio viser ray matplotlib pytest pytest[-_]timeout pytest[-_]xdist execnet psutil ruff build wheel \
 	scikit[-_]image scipy trimesh fast[-_]simplification playwright zstandard
 constraints:
 	$(PY) -m pip freeze --all --exclude-editable | grep -iE '^($(shell echo $(PINNED) | tr ' ' '|'))==' \
@@ -52,8 +52,11 @@ web:
 	cp web/package.json web/package-lock.json $(WEB_CACHE)/
 	cd $(WEB_CACHE) && npm ci --no-audit --no-fund --ignore-scripts
 
+# -n 2 (pytest-xdist): two worker processes, one torch thread each, so both cores of a 2-core CI box are busy
+# (one pytest process at one thread left the second idle for most of the suite)
+XDIST ?= -n 2
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # the exhaustive form of claims the suite checks on a subset (the layout start over all 30 single objects; every
 # preset run at its own step count, 2,500 for the paper's, on the tiny prior)

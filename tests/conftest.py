@@ -16,8 +16,13 @@ import torch  # noqa: E402
 from lodsgs.prior.tiny import build_tiny_prior  # noqa: E402
 
 # one torch thread: "over 3 s" (what earns the `slow` marker) means the same on every machine; a test already
-# marked slow gets the machine's threads back (slow_threads below), so the whole suite stays within its budget
-ONE_THREAD, ALL_THREADS = 1, torch.get_num_threads()
+# marked slow gets the machine's threads back (slow_threads below), so the whole suite stays within its budget.
+# Under pytest-xdist (`make test`: -n 2) the cores are shared out among the workers: two workers at two threads
+# each on two cores would time OpenMP's barriers, not the tests.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+ONE_THREAD, ALL_THREADS = 1, max(1, torch.get_num_threads() // WORKERS)
+if WORKERS > 1:  # the subprocesses a test starts (the CLI, benchmarks, Ray's workers) share out the cores too
+    os.environ.setdefault("OMP_NUM_THREADS", str(ALL_THREADS))
 torch.set_num_threads(ONE_THREAD)
 
 
