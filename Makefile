@@ -53,8 +53,9 @@ web:
 	cd $(WEB_CACHE) && npm ci --no-audit --no-fund --ignore-scripts
 
 # -n 2 (pytest-xdist): two worker processes, one torch thread each, so both cores of a 2-core CI box are busy
-# (one pytest process at one thread left the second idle for most of the suite)
-XDIST ?= -n 2
+# (one pytest process at one thread left the second idle for most of the suite); worksteal: an idle worker
+# takes queued tests from the busy one (a few tests take minutes)
+XDIST ?= -n 2 --dist worksteal
 test:
 	$(PY) -m pytest -q $(XDIST)
 
