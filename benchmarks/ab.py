@@ -52,7 +52,9 @@ def timed_run(source: Path, args: list[str]) -> float:
                               env={**_env(), "PYTHONPATH": str(source)}, capture_output=True, text=True)
         seconds = time.perf_counter() - start
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        # the last line that says something (a usage error ends in the border of rich's box)
+        said = [line.strip(" │╭╮╰╯─") for line in (done.stderr or done.stdout).splitlines()]
+        tail = [line for line in said if any(ch.isalnum() for ch in line)][-1:] or ["(no output)"]
         raise SystemExit(f"benchmarks.ab: the run from {source} failed (exit {done.returncode}): {tail[0]}")
     return seconds
 

@@ -42,3 +42,11 @@ def test_the_base_is_imported_from_a_worktree_of_that_commit_and_removed_after(m
     result = json.loads(out.read_text())
     assert result["ratio"] == 1.0 and result["args"] == ["info", "--system"]
     assert "head / base = 1.00" in capsys.readouterr().out
+
+
+def test_a_failed_run_is_one_line_naming_what_it_said(monkeypatch, tmp_path):
+    """A usage error ends in the border of rich's box: the message names the line inside it instead."""
+    said = "Usage: lodsgs image\n╭─ Error ─╮\n│ No such option: --quiet │\n╰─────────╯\n"
+    monkeypatch.setattr(ab.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 2, "", said))
+    with pytest.raises(SystemExit, match=r"failed \(exit 2\): No such option: --quiet$"):
+        ab.timed_run(tmp_path, ["image", "x"])
