@@ -96,16 +96,16 @@ def main(argv: list[str]) -> None:
     args = argv[cut + 1:] or DEFAULT
     if opts.runs < 1:
         p.error("--runs must be at least 1")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
     with checkout(opts.base) as base, (checkout(opts.head) if opts.head else contextlib.nullcontext(ROOT)) as head:
         print(f"benchmarks.ab: lodsgs {' '.join(args)}; base {opts.base}, head {opts.head or 'working tree'}; "
-              f"{cpu_model()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; {datetime.date.today()}",
-              flush=True)
+              f"{cpu_model()}; OMP_NUM_THREADS={threads}; {datetime.date.today()}", flush=True)
         times = interleave(base, head, args, opts.runs)
     med = {side: statistics.median(v) for side, v in times.items()}
     print(f"median base {med['base']:.1f} s, head {med['head']:.1f} s: head / base = {med['head'] / med['base']:.2f}")
     if opts.json:
         opts.json.write_text(json.dumps({"args": args, "base": opts.base, "head": opts.head or "working tree",
-                                         "cpu": cpu_model(), "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+                                         "cpu": cpu_model(), "threads": threads,
                                          "date": str(datetime.date.today()), "times": times,
                                          "median": med, "ratio": med["head"] / med["base"]}, indent=1) + "\n")
 

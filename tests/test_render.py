@@ -266,10 +266,14 @@ def test_pairs_behind_the_transmittance_cut_are_dropped_and_gradients_still_matc
                      "sh0": torch.randn(n, 1, 3, generator=g)})
     cams, bg = cameras(1, 24, 24), torch.rand(1, 3, generator=g)
     weights = [torch.randn(1, 24, 24, k, generator=g) for k in (3, 1, 1)]
-    seen = []
-    visible = rt._visible_pairs
-    monkeypatch.setattr(rt, "_visible_pairs", lambda pix, *a: seen.append(len(pix)) or (out := visible(pix, *a))
-                        and seen.append(len(out[0])) or out)
+    seen, visible = [], rt._visible_pairs
+
+    def counting(pix, *args):  # the pairs before and after the pre-pass
+        out = visible(pix, *args)
+        seen.extend([len(pix), len(out[0])])
+        return out
+
+    monkeypatch.setattr(rt, "_visible_pairs", counting)
     rgb, alpha, depth_img, grads = render_with(rasterize, splats, cams, bg, weights)
     assert len(seen) == 2 and seen[1] < 0.5 * seen[0]  # most pairs lie behind the cut
     rgb_d, alpha_d, depth_d, grads_d = render_with(render_dense, splats, cams, bg, weights)

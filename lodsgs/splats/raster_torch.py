@@ -233,16 +233,28 @@ def _visible_pairs(
     add to an image or a gradient. Behind an opaque surface most pairs do not (about 60 % of them in a
     shapes-profile step), and dropping them first spares the attribute gathers, the autograd graph and the
     backward their work (a render without gradients skips this pass: there it costs more than it saves). The
-    cut is a prefix of each pixel's pairs, so the kept pairs composite to the same
-    sums (``_composite`` recomputes the same transmittance from them)."""
+    cut is a prefix of each pixel's pairs, so the kept pairs composite to the same sums (``_composite``
+    recomputes the same transmittance from them)."""
     alpha = _alpha(pix, [r.index_select(0, entry) for r in rows[:6]], p0, width, height)
+    _, alive = _transmittance(alpha, pix, counts)
+    kept = torch.nonzero(alive & (alpha > 0))[:, 0]  # skipped pairs (alpha < 1/255, sigma < 0) add nothing either
+    pix, entry = pix.index_select(0, kept), entry.index_select(0, kept)
+    return pix, entry, torch.bincount(pix, minlength=len(counts))
+
+
+def _transmittance(alpha: Tensor, pix: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """log T in front of each pair within its pixel [P] (float64: a segmented exclusive cumsum of log(1 - alpha)
+    over the whole run of pixels) and whether the pair comes before the pixel's cut: gsplat stops before the pair
+    that would bring T to <= 1e-4."""
+    with torch.no_grad():
+        seg_start = (torch.cumsum(counts, 0) - counts).index_select(0, pix)
     log_t = torch.log1p(-alpha.double())
     incl = torch.cumsum(log_t, 0)
-    seg_start = (torch.cumsum(counts, 0) - counts).index_select(0, pix)
-    keep = (incl - (incl - log_t).index_select(0, seg_start)) > math.log(T_MIN)
-    keep &= alpha > 0  # skipped pairs (alpha < 1/255 or sigma < 0) add nothing either
-    pix, entry = pix[keep], entry[keep]
-    return pix, entry, torch.bincount(pix, minlength=len(counts))
+    excl = incl - log_t
+    base = excl.index_select(0, seg_start)  # log T at the first pair of the pixel
+    with torch.no_grad():
+        alive = (incl - base) > math.log(T_MIN)
+    return excl - base, alive
 
 
 def _alpha(pix: Tensor, attrs: list[Tensor], p0: int, width: int, height: int) -> Tensor:
@@ -267,14 +279,7 @@ def _composite(
     ten [P] tensors per pair: mean x, mean y, conic a, b, c, opacity, r, g, b, depth.
     """
     alpha = _alpha(pix, attrs[:6], p0, width, height)
-    with torch.no_grad():
-        seg_start = (torch.cumsum(counts, 0) - counts).int().index_select(0, pix)
-    log_t = torch.log1p(-alpha.double())
-    incl = torch.cumsum(log_t, 0)
-    excl = incl - log_t
-    base = excl.index_select(0, seg_start)  # log T at the first pair of the pixel
-    with torch.no_grad():
-        alive = (incl - base) > math.log(T_MIN)  # gsplat stops before the pair that makes T <= 1e-4
-    w = alpha * torch.exp(excl - base).float() * alive
+    log_before, alive = _transmittance(alpha, pix, counts)
+    w = alpha * torch.exp(log_before).float() * alive
     # pix is sorted, so per-pixel sums are segment sums (faster than index_add, same order of additions)
     return [torch.segment_reduce(x, "sum", lengths=counts) for x in [w * f for f in attrs[6:]] + [w]]
