@@ -14,20 +14,9 @@ import torch
 from lodsgs.clock import Laps
 from lodsgs.config import Config, load_config, settings_overrides
 from lodsgs.errors import Diverged, OutOfMemory
-from lodsgs.names import resolve_model
+from lodsgs.preflight import LAST_CHECKPOINT, check_generate, run_name
 from lodsgs.prior.diffusion import DiffusionPrior
-from lodsgs.prompts import check_prompt
-from lodsgs.rundir import (
-    LAST_CHECKPOINT,
-    RunFolder,
-    checked_run_dir,
-    finished,
-    open_run_dir,
-    read_checkpoint,
-    resumable,
-    run_name,
-    write_outputs,
-)
+from lodsgs.rundir import RunFolder, finished, open_run_dir, read_checkpoint, resumable, write_outputs
 from lodsgs.splats.model import Splats
 from lodsgs.trainer import (
     Interrupted,
@@ -97,10 +86,8 @@ def run(prompt: str, cfg: Config, out: Path | None = None, resume: bool = False,
     view) gets a StepReport after every step and once more when done; ``should_stop`` (a Ray batch's
     cancellation flag) stops the run like Ctrl-C."""
     laps = Laps(since_start=prior is None)  # a prior loaded here: the imports before count with its load
-    check_prompt(prompt, resolve_model(cfg.prior.model), cfg.prior.model)
+    run_dir = check_generate(prompt, cfg, out, resume, overwrite)  # what the CLI checked before importing torch
     device = resolve_device(cfg.run.device)
-    run_dir = None if out is None else checked_run_dir(out, run_name(prompt, cfg.run.seed, cfg.image.path), resume,
-                                                       overwrite)
     saved = read_checkpoint(run_dir / LAST_CHECKPOINT, cfg) if run_dir is not None and resume else None
     prior = prior or load_prior(cfg, device)
     laps.lap("imports_and_prior")

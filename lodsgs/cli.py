@@ -65,6 +65,8 @@ def generate(
 ) -> None:
     """Optimize Gaussian splats for PROMPT and write splats.ply, .splat, .spz, turntable and metrics."""
     cfg = build_config(config, sets, prior, seed, steps, device, init, image)
+    from lodsgs.preflight import check_generate
+    check_generate(prompt, cfg, out, resume, overwrite)  # bad input refused before torch is imported
     from lodsgs.api import run
     live = _live_view(cfg, host, port) if view else None
     try:

@@ -204,8 +204,8 @@ def reference_input(caption: str, cfg, folder: Path) -> Path:
     """The caption's truth seen by the reference camera, as an RGBA PNG (straight colour: the render on black
     divided by its alpha, so compositing it on the background gives the render on the background)."""
     from lodsgs.media import save_png, to_uint8
+    from lodsgs.preflight import run_name
     from lodsgs.reference import reference_camera
-    from lodsgs.rundir import run_name
 
     out = render(world.build_object(caption), reference_camera(cfg), background=torch.zeros(3))
     alpha = out.alpha[0]
@@ -320,7 +320,8 @@ def result_splats(caption: str, variant: str, cfg, out: Path, prior: Callable, l
     """One run's splats, seconds, steps and folder: the start for 'init' (no folder); else the run folder's
     result if it was made with these settings (config hash), else generated (resuming an interrupted run)."""
     from lodsgs.api import run_or_resume
-    from lodsgs.rundir import finished, resumable, run_name
+    from lodsgs.preflight import run_name
+    from lodsgs.rundir import finished, resumable
     from lodsgs.splats.io import read_ply
     from lodsgs.starts import init_splats
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from lodsgs.config import Config, GuidanceConfig, load_config, settings_overrides, to_dict
 from lodsgs.errors import LodsgsError
+from lodsgs.preflight import check_prior
 from lodsgs.prompts import slug
 
 if TYPE_CHECKING:
@@ -252,15 +253,13 @@ def save_png(path: Path, array: np.ndarray) -> None:
         imageio.imwrite(tmp, array)
 
 
-def load_image(path: Path) -> Tensor:
-    """An RGB image [H,W,3] in [0,1] (alpha composited on white), or one LodsgsError line."""
-    import torch
-
+def read_rgb(path: Path) -> np.ndarray:
+    """An RGB image [H,W,3] float32 in [0,1] (alpha composited on white), or one LodsgsError line."""
     from lodsgs.pictures import read_picture
     arr = read_picture(Path(path), "image")
     if arr.shape[-1] == 4:
         arr = arr[..., :3] * arr[..., 3:] + (1 - arr[..., 3:])
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return np.ascontiguousarray(arr)
 
 
 def write_metrics(run_dir: Path, prompt: str, cfg: Config, run: Result2D, **extra) -> dict:
@@ -278,14 +277,6 @@ def write_metrics(run_dir: Path, prompt: str, cfg: Config, run: Result2D, **extr
 
 
 # --- the commands ---------------------------------------------------------------------------------------
-
-def check_captions(cfg: Config, *texts: str) -> None:
-    """Every caption known to the prior (a closed-vocabulary prior refuses unknown words in one line)."""
-    from lodsgs.names import resolve_model
-    from lodsgs.prompts import check_prompt
-    for text in texts:
-        check_prompt(text, resolve_model(cfg.prior.model), cfg.prior.model)
-
 
 def run_folder(out: Path | None, kind: Kind, caption: str, seed: int, overwrite: bool) -> Path | None:
     """``out/<kind>-<slug>-<seed>`` (None without ``out``), refused in one line when ``out`` is a file or a run is
@@ -319,12 +310,13 @@ def generate_image(prompt: str, cfg: Config, out: Path | None = None, overwrite:
     """``lodsgs image``: canvas.particles images from noise toward ``prompt``. ``out`` None: nothing is written;
     else the run folder ``out/image-<slug>-<seed>`` gets image.png (the particles side by side), progress.png,
     log.jsonl and metrics.json. ``prior``: an already loaded prior (else cfg.prior's, on run.device)."""
-    import torch
     check_method("image", cfg)
-    from lodsgs.prior.diffusion import load_prior, resolve_device
-    check_captions(cfg, prompt)
+    check_prior(cfg, prompt)
     run_dir = run_folder(out, "image", prompt, cfg.run.seed, overwrite)
-    # every refusal (words, folder, prior) before anything is written
+    # every refusal (words, prior folder, run folder) before torch is imported and anything is written
+    import torch
+
+    from lodsgs.prior.diffusion import load_prior, resolve_device
     prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
     params = initial_particles(prior, cfg.canvas.particles, torch.Generator().manual_seed(cfg.run.seed))
     if run_dir is None:
@@ -342,15 +334,17 @@ def edit_image(image: Path, source: str, target: str, cfg: Config, out: Path | N
     """``lodsgs edit``: move ``image`` from the ``source`` caption to ``target``. ``out`` None: nothing is
     written; else the run folder ``out/edit-<target slug>-<seed>`` gets edited.png, before_after.png,
     progress.png, log.jsonl and metrics.json."""
-    import torch
     check_method("edit", cfg)
     if source.strip() == target.strip():
         raise LodsgsError(f"--source and --target are the same ({source!r}); the target caption must describe the "
                           "edit, e.g. --source 'a red cube' --target 'a blue cube'")
-    picture = load_image(image)
-    from lodsgs.prior.diffusion import load_prior, resolve_device
-    check_captions(cfg, source, target)
+    picture = read_rgb(image)
+    check_prior(cfg, source, target)
     run_dir = run_folder(out, "edit", target, cfg.run.seed, overwrite)
+    import torch  # every refusal above ran without it
+
+    from lodsgs.prior.diffusion import load_prior, resolve_device
+    picture = torch.from_numpy(picture)
     prior = prior or load_prior(cfg, resolve_device(cfg.run.device))
     if run_dir is None:
         return edit(prior, picture, source, target, cfg, quiet=quiet)

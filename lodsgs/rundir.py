@@ -1,10 +1,9 @@
-"""A run folder: its name, the checks before it is touched, checkpoint files, the per-step persistence given to
-the trainer (log.jsonl, previews, checkpoints), the finished run's outputs, and whether a folder holds a finished
-or resumable run of given settings."""
+"""A run folder once it is checked (its name and the checks: lodsgs/preflight.py): checkpoint files, the
+per-step persistence given to the trainer (log.jsonl, previews, checkpoints), the finished run's outputs, and
+whether a folder holds a finished or resumable run of given settings."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import torch
 
 from lodsgs.clock import Laps
-from lodsgs.config import Config, config_diff, config_hash, image_digest, save_config, to_dict
+from lodsgs.config import Config, config_diff, config_hash, save_config, to_dict
 from lodsgs.errors import Diverged, LodsgsError
 from lodsgs.files import atomic_path, safe_load, write_text
 from lodsgs.guards import check_state
-from lodsgs.prompts import slug
+from lodsgs.preflight import LAST_CHECKPOINT
 from lodsgs.runlog import RunLog
 from lodsgs.splats.io import write_ply, write_splat
 from lodsgs.splats.mesh import splats_to_mesh, write_mesh
@@ -24,16 +23,9 @@ from lodsgs.splats.spz import write_spz
 from lodsgs.trainer import State, StepReport, checkpoint_payload, peak_memory_mb
 
 
-def run_name(prompt: str, seed: int, image: str = "") -> str:
-    """A filesystem-safe folder name: a short slug of the prompt plus a hash of prompt, seed (and the reference
-    image's content, so the same picture under another path names the same run)."""
-    digest = hashlib.sha1(f"{prompt}\0{seed}{chr(0) + image_digest(image) if image else ''}".encode()).hexdigest()[:8]
-    return f"{slug(prompt)}-{digest}"
-
-
 def resumable(run_dir: Path, cfg: Config) -> bool:
     """Whether ``run_dir`` holds a checkpoint that ``--resume`` with ``cfg`` would continue (same settings)."""
-    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt = run_dir / LAST_CHECKPOINT
     if not ckpt.is_file():
         return False
     try:
@@ -76,23 +68,6 @@ def read_checkpoint(path: Path, cfg: Config) -> dict:
                           f"{'; ...' if len(diff) > 4 else ''}); resume with the original settings, or start "
                           "again with --overwrite")
     return ck
-
-
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-def checked_run_dir(out: Path, name: str, resume: bool, overwrite: bool) -> Path:
-    """``out/name``, refused in one line when --out is a file, there is nothing to resume, or a run is in the way."""
-    run_dir = out / name
-    ckpt = run_dir / LAST_CHECKPOINT
-    if out.exists() and not out.is_dir():
-        raise LodsgsError(f"--out {str(out)!r} is a file; give a folder for the run folders")
-    if resume and not ckpt.exists():
-        raise LodsgsError(f"nothing to resume: no checkpoint at {str(ckpt)!r}; run without --resume")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise LodsgsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it "
-                          "or --overwrite to start again")
-    return run_dir
 
 
 def open_run_dir(run_dir: Path, cfg: Config, prompt: str, fresh: bool) -> None:

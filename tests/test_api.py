@@ -39,18 +39,60 @@ def test_import_lodsgs_loads_no_torch(tmp_path):
 ])
 def test_an_error_is_one_line_exit_2_without_torch(args, fragment, tmp_path):
     """Every error path prints one ``lodsgs: error:`` line, exits 2, imports no torch and writes nothing."""
-    code = ("import sys\nfrom lodsgs.cli import app\n"
-            f"try:\n    app(args={args!r}, prog_name='lodsgs')\nexcept SystemExit as e:\n    code = e.code\n"
-            f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})\n"
-            "print('EXIT', code, 'HEAVY', loaded)")
-    start = time.perf_counter()
-    result = run_python(code, tmp_path)
-    seconds = time.perf_counter() - start
+    result, seconds = cli_without_torch(args, tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("lodsgs: error:") and fragment in lines[0], result.stderr
     assert "EXIT 2 HEAVY []" in result.stdout, result.stdout
     assert not list(tmp_path.iterdir())
     assert seconds < 10  # the point is well under a second; a loaded CI box gets slack, torch alone takes ~3 s
+
+
+def cli_without_torch(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, float]:
+    """``lodsgs ARGS`` in a fresh interpreter; prints its exit code and which heavy packages it imported."""
+    code = ("import sys\nfrom lodsgs.cli import app\n"
+            f"try:\n    app(args={args!r}, prog_name='lodsgs')\nexcept SystemExit as e:\n    code = e.code\n"
+            f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})\n"
+            "print('EXIT', code, 'HEAVY', loaded)")
+    start = time.perf_counter()
+    result = run_python(code, cwd)
+    return result, time.perf_counter() - start
+
+
+CUBE = ["a red cube", "--prior", "shapes"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["generate", "a red dragon", "--prior", "shapes"], "does not know the word(s) dragon"),
+    (["generate", *CUBE, "--image", "missing.png"], "reference image 'missing.png' not found"),
+    (["generate", *CUBE, "--image", "junk.png"], "cannot read reference image 'junk.png'"),
+    (["generate", *CUBE, "--init", "missing.ply"], "'missing.ply': no such file"),
+    (["generate", *CUBE, "--init", "junk.ply"], "'junk.ply': not a valid PLY file"),
+    (["generate", *CUBE, "--set", "init.kind=mesh", "--set", "init.path=none.glb"], "'none.glb' not found"),
+    (["generate", "a red cube", "--prior", "./nowhere"], "'./nowhere' does not exist"),
+    (["generate", *CUBE, "--resume"], "nothing to resume"),
+    (["generate", *CUBE], "already exists; pass --resume"),
+    (["image", "a red dragon", "--prior", "shapes"], "does not know the word(s) dragon"),
+    (["image", *CUBE], "already exists; pass --overwrite"),
+    (["edit", "junk.png", "--source", "a red cube", "--target", "a red cube"], "are the same"),
+    (["edit", "missing.png", "--source", "a red cube", "--target", "a blue cube"], "'missing.png' not found"),
+    (["edit", "junk.png", "--source", "a red cube", "--target", "a blue dragon"], "cannot read image"),
+])
+def test_bad_inputs_are_refused_before_torch_loads(args, fragment, tmp_path):
+    """A run's inputs (caption, prior folder, pictures, --init, run folder) are checked without torch, so a bad
+    one costs a fraction of a second, not the ~3 s of importing torch and diffusers; nothing is written."""
+    from lodsgs.preflight import run_name
+    (tmp_path / "junk.png").write_text("not a picture")
+    (tmp_path / "junk.ply").write_text("not a ply")
+    for run in (tmp_path / "runs" / run_name("a red cube", 0), tmp_path / "runs" / "image-a-red-cube-0"):
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")  # a finished run in the way of the same command
+    before = sorted(tmp_path.rglob("*"))
+    result, seconds = cli_without_torch(args, tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lodsgs: error:") and fragment in lines[0], result.stderr
+    assert "EXIT 2 HEAVY []" in result.stdout, result.stdout
+    assert sorted(tmp_path.rglob("*")) == before
+    assert seconds < 10  # the point is well under a second (0.2-0.3 s here); a loaded CI box gets slack
 
 
 def test_generate_from_python_returns_splats_and_writes_nothing(tiny_prior_dirs, tmp_path):

@@ -106,7 +106,7 @@ def test_a_float_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(tmp_p
 
 def test_a_reference_counts_by_its_content_not_its_path(tmp_path):
     from lodsgs.config import config_hash
-    from lodsgs.rundir import run_name
+    from lodsgs.preflight import run_name
     a, b = tmp_path / "a.png", tmp_path / "moved" / "b.png"
     b.parent.mkdir()
     a.write_bytes(b"one picture")

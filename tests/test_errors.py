@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lodsgs import api
 from lodsgs.cli import app, build_config
-from lodsgs.rundir import run_name
+from lodsgs.preflight import run_name
 from lodsgs.splats.io import write_ply
 from lodsgs.splats.model import Splats
 

@@ -129,7 +129,7 @@ def test_eval_refuses_bad_seeds_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_eval_reruns_changed_settings_and_resumes_interrupted_runs(tmp_path, sigint_at):
-    from lodsgs.rundir import run_name
+    from lodsgs.preflight import run_name
 
     def run(*extra):
         return CliRunner().invoke(app, ["eval", "--caption", "a red cube", "--out", str(tmp_path), *extra])

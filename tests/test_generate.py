@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from lodsgs import api
 from lodsgs.cli import app
-from lodsgs.rundir import run_name
+from lodsgs.preflight import run_name
 from lodsgs.splats.io import read_ply
 
 runner = CliRunner()

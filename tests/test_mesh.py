@@ -214,7 +214,7 @@ def test_run_mesh_key_stays_out_of_the_result_hash():
 
 @pytest.mark.slow
 def test_generate_with_run_mesh_writes_mesh_glb(tiny_sets, tmp_path):
-    from lodsgs.rundir import run_name
+    from lodsgs.preflight import run_name
     result = runner.invoke(app, ["generate", "a corgi", "--out", str(tmp_path), "--quiet",
                                  *tiny_sets("latent", "run.mesh=true", "mesh.threshold=0.02", "mesh.resolution=32",
                                             "mesh.views=2", "mesh.view_size=32", "mesh.texture=256")])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lodsgs.batch import run_batch
 from lodsgs.cli import app, optional_ray_address
 from lodsgs.config import load_config
-from lodsgs.rundir import run_name
+from lodsgs.preflight import run_name
 from lodsgs.splats.io import read_ply
 
 ray = pytest.importorskip("ray")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lodsgs.cli import app
 from lodsgs.config import load_config
-from lodsgs.rundir import run_name
+from lodsgs.preflight import run_name
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lodsgs.cli import app
 from lodsgs.errors import LodsgsError
 from lodsgs.files import safe_load
-from lodsgs.rundir import run_name
+from lodsgs.preflight import run_name
 from lodsgs.view import checkpoint_splats
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from lodsgs.errors import LodsgsError
+from lodsgs.preflight import check_folder, looks_like_path
 
 if TYPE_CHECKING:
     from lodsgs.config import Config
@@ -28,31 +29,6 @@ DEFAULT_MODEL = SD21
 VIEWS = ("front", "side", "back", "overhead")  # the labels view-dependent prompts append (", front view")
 
 
-def _looks_like_path(model: str) -> bool:
-    """A hub id is ``owner/name``; anything with a path prefix or more than one ``/`` is meant as a folder."""
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or Path(model).exists()
-
-
-def _check_folder(model: str) -> None:
-    """A local folder must exist and hold at least ``unet/``; say so before diffusers does, less clearly."""
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        raise LodsgsError(f"diffusion model folder {model!r} does not exist; pass a folder in the diffusers layout "
-                          "(unet/, scheduler/, text_encoder/, tokenizer/, vae/ for latent models), a hub id, "
-                          "or --prior shapes")
-    missing = [c for c in ("unet", "scheduler", "text_encoder", "tokenizer") if not (folder / c).is_dir()]
-    if missing:
-        raise LodsgsError(f"diffusion model folder {model!r} has no {', '.join(m + '/' for m in missing)}; "
-                          "it needs the diffusers layout unet/, scheduler/, text_encoder/, tokenizer/ "
-                          "(and vae/ for latent models)")
-    pickled = [c for c in ("unet", "text_encoder", "vae") if (folder / c).is_dir()
-               and not any((folder / c).glob("*.safetensors")) and any((folder / c).glob("*.bin"))]
-    if pickled:  # a pickled .bin is loaded by diffusers with a warning; lodsgs reads safetensors only
-        raise LodsgsError(f"diffusion model folder {model!r} has pickled .bin weights in {', '.join(pickled)} and no "
-                          ".safetensors; lodsgs loads safetensors only (nothing that could run code): save the "
-                          "model with diffusers' save_pretrained(safe_serialization=True)")
-
-
 def _hub_snapshot(repo_id: str, revision: str | None = None, fp16: bool = False) -> str:
     """A hub model's local snapshot folder (see ``lodsgs.prior.hub.snapshot``)."""
     return snapshot(repo_id, revision or None, fp16)
@@ -60,9 +36,9 @@ def _hub_snapshot(repo_id: str, revision: str | None = None, fp16: bool = False)
 
 def locate(model: str, revision: str = "", fp16: bool = False) -> str:
     """The local diffusers folder of a hub id (cached, else downloaded) or a folder, checked for the layout."""
-    if not _looks_like_path(model):
+    if not looks_like_path(model):
         model = _hub_snapshot(model, revision, fp16)
-    _check_folder(model)
+    check_folder(model)
     return str(Path(model).expanduser())
 
 

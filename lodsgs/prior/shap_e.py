@@ -28,10 +28,10 @@ _LOADED: dict[str, object] = {}  # folder -> pipeline (on the CPU between uses):
 def locate(model: str) -> str:
     """A ShapEPipeline folder: ``model`` itself when it is one (checked), else the hub id's cached or downloaded
     snapshot (lodsgs/prior/hub.py)."""
-    from lodsgs.prior.diffusion import _looks_like_path
+    from lodsgs.preflight import looks_like_path
     from lodsgs.prior.hub import shap_e_snapshot
 
-    folder = Path(model).expanduser() if _looks_like_path(model) else Path(shap_e_snapshot(model))
+    folder = Path(model).expanduser() if looks_like_path(model) else Path(shap_e_snapshot(model))
     if not folder.is_dir():
         raise LodsgsError(f"init.shap_e_model folder {model!r} does not exist; give a ShapEPipeline folder in the "
                           "diffusers layout or a hub id (openai/shap-e), or --set init.kind=ball")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lodsgs.errors import LodsgsError
+from lodsgs.preflight import check_mesh_file
 from lodsgs.settings import need_mesh_libraries
 
 GREY = 0.5
@@ -32,10 +33,7 @@ def read_surface(path: Path):
     colours; a one-line LodsgsError for a missing, unreadable, empty or face-less file."""
     need_mesh_libraries(what="init.kind mesh", names=("trimesh",))
     import trimesh
-    path = Path(path)
-    if not path.is_file():
-        raise LodsgsError(f"init.path {str(path)!r} {'is a folder' if path.is_dir() else 'not found'}; give a mesh "
-                          "file (.glb, .gltf, .obj or a .ply with faces)")
+    path = check_mesh_file(path)
     try:
         loaded = trimesh.load(str(path), process=False)
         if isinstance(loaded, trimesh.Scene):
