@@ -350,10 +350,12 @@ def test_fp16_prior_loss_is_scaled_so_alpha_gets_gradients(tiny_prior_dirs):
     assert torch.nn.functional.cosine_similarity(scaled, reference, dim=0) > 0.999
 
 
-def test_bf16_keeps_the_gradient_direction_and_the_prior_loss_exact():
-    """prior.bf16 on a CPU with native bf16: the CFG pair runs under bf16 autocast. On the shipped prior, with renders
-    of a truth object, the gradient on the renders keeps its direction (against fp32, same t and ε: cosine 0.989-0.998
-    per view, measured 2026-12-06), and the prior loss (fp32 in both) is identical."""
+@pytest.mark.parametrize("method", ["lods-embedding", "lods-lora"])
+def test_bf16_keeps_the_direction_of_both_gradients(method):
+    """prior.bf16 on a CPU with native bf16: every UNet call runs under bf16 autocast, attention and group norms in
+    fp32 (lodsgs/prior/precision.py). On the shipped prior, with renders of a truth object, against fp32 on the
+    same t and ε: the gradient on the renders keeps its direction (cosine 0.992-0.998 per view), and so does the
+    prior loss's on α / ψ (0.9994 / 0.9992); the prior loss itself moves by 0.4-0.7 % (measured 2026-12-06)."""
     from lodsgs.cameras import CameraConfig, sample_cameras
     from lodsgs.names import SHAPES_DIR
     from lodsgs.prior.shapes.world import build_object
@@ -365,17 +367,24 @@ def test_bf16_keeps_the_gradient_direction_and_the_prior_loss_exact():
     cams = sample_cameras(CameraConfig(radius=(2.3, 2.8), fovy=(38.0, 46.0)), 4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         shots = render(build_object("a red cube"), cams, background=torch.ones(3)).rgb
-    cfg = GuidanceConfig(method="lods-embedding", guidance_scale=3.0, negative_prompt="")
+    cfg = GuidanceConfig(method=method, guidance_scale=3.0, negative_prompt="")
     results = {}
     for bf16 in (False, True):
         prior.bf16 = bf16
+        torch.manual_seed(0)  # LoRA's A matrices
         guidance = Guidance(prior, cfg, "a red cube", seed=5)
+        if method == "lods-lora":  # B = 0 at the start, where B's gradient is all there is: move it off zero
+            with torch.no_grad():
+                for p in guidance.lora_b:
+                    p.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
         images = shots.clone().requires_grad_(True)
         out = guidance(images, ["front", "side", "back", "side"], step=0)
         (grad,) = torch.autograd.grad(out.loss, images)
-        (alpha_grad,) = torch.autograd.grad(out.prior_loss, guidance.embedding)
-        results[bf16] = grad.flatten(1), alpha_grad, out.prior_loss.item()
+        learned = torch.cat([g.flatten() for g in torch.autograd.grad(out.prior_loss, guidance.trainable())])
+        results[bf16] = grad.flatten(1), learned, out.prior_loss.item()
     cosine = torch.nn.functional.cosine_similarity(results[True][0], results[False][0], dim=1)
     assert cosine.min() >= 0.985 and cosine.mean() >= 0.99, cosine
-    assert results[True][2] == results[False][2]
-    assert torch.equal(results[True][1], results[False][1])
+    learned_cosine = torch.nn.functional.cosine_similarity(results[True][1], results[False][1], dim=0)
+    assert learned_cosine >= 0.995, learned_cosine
+    assert results[True][2] == pytest.approx(results[False][2], rel=0.02)
+    assert not torch.equal(results[True][1], results[False][1])  # bf16 did run: the numbers moved
