@@ -388,3 +388,22 @@ def test_bf16_keeps_the_direction_of_both_gradients(method):
     assert learned_cosine >= 0.995, learned_cosine
     assert results[True][2] == pytest.approx(results[False][2], rel=0.02)
     assert not torch.equal(results[True][1], results[False][1])  # bf16 did run: the numbers moved
+
+
+def test_bf16_is_used_only_where_it_pays():
+    """Autocast recasts every frozen weight on each call, so a call of under 2·32² latent pixels (the shapes prior's
+    prior loss in a one-image edit) stays fp32 and gives fp32's numbers; a bigger one runs in bf16."""
+    from lodsgs.names import SHAPES_DIR
+
+    prior = DiffusionPrior.from_pretrained(str(SHAPES_DIR))
+    if not prior.use_bf16(True):
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16)")
+    emb = prior.encode_text("a red cube")
+    for rows, same in ((1, True), (2, False)):
+        x = torch.randn(rows, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        t = torch.full((rows,), 500)
+        outs = []
+        for bf16 in (False, True):
+            prior.bf16 = bf16
+            outs.append(prior.predict_noise(x, t, emb.expand(rows, -1, -1)))
+        assert torch.equal(outs[0], outs[1]) == same

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 
 from lodsgs.errors import LodsgsError
 from lodsgs.preflight import check_folder, looks_like_path
-from lodsgs.prior.precision import keep_fp32_islands
+from lodsgs.prior.precision import bf16_pays, keep_fp32_islands
 
 if TYPE_CHECKING:
     from lodsgs.config import Config
@@ -180,12 +180,12 @@ class DiffusionPrior(nn.Module):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, lora_scale: float | None = None) -> Tensor:
         """ε_φ(x_t; embeddings, t) in fp32. ``lora_scale`` scales active LoRA adapters (None: adapters at 1).
-        With ``use_bf16`` on, the call (and its backward) runs under bf16 autocast."""
+        With ``use_bf16`` on, the call (and its backward) runs under bf16 autocast when it is big enough to pay."""
         kwargs = {"scale": lora_scale} if lora_scale is not None else None
         x = x_t.to(self.dtype)
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and bf16_pays(x)):
             out = self.unet(x, t, encoder_hidden_states=embeddings.to(self.dtype), cross_attention_kwargs=kwargs).sample
         return out.float().contiguous()
 
