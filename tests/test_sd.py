@@ -39,9 +39,18 @@ def arch(request):
 @pytest.fixture(scope="module")
 def sd(arch, tmp_path_factory):
     """(prior, cache, folder): the random model built once per architecture, placed in an offline temporary
-    Hugging Face cache under its legacy id and loaded from there by that id."""
+    Hugging Face cache under its legacy id and loaded from there by that id.
+
+    One at a time across pytest-xdist's workers (a lock file in their shared temporary root): a loaded model
+    and one of its steps take ~11-12 GB, and two of them at once passed the 24 GB of a CI machine."""
+    from filelock import FileLock
+
     legacy, build, *_ = ARCHS[arch]
-    root = tmp_path_factory.mktemp(arch)
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "sd-sized-model.lock")):
+        yield from _sd(legacy, build, tmp_path_factory.mktemp(arch))
+
+
+def _sd(legacy: str, build, root):
     folder = build(root / "random")
     cache = root / "hf-cache"
     with pytest.MonkeyPatch.context() as mp:
