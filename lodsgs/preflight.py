@@ -82,8 +82,8 @@ def check_mesh_file(path: Path | str) -> Path:
 
 
 def check_ply_file(path: Path | str) -> None:
-    """A --init file that is missing or does not start as a PLY does, refused in one line (the full read, with its
-    own one-line errors, comes with the start)."""
+    """A .ply (an --init file, a splat file to read) that is missing or does not start as a PLY does, refused in
+    one line; the CLI runs it before torch loads, the PLY reader before it parses."""
     path = Path(path)
     if not path.is_file():
         raise LodsgsError(f"cannot read {str(path)!r}: no such file; give a .ply (splats or a point cloud)")

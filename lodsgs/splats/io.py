@@ -15,6 +15,7 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from lodsgs.errors import LodsgsError
+from lodsgs.preflight import check_ply_file
 from lodsgs.splats.convention import check_splats, file_params, unflip_yz, write_atomic
 from lodsgs.splats.model import SH_C0, Splats, num_sh_bases
 from lodsgs.splats.spz import read_spz
@@ -88,8 +89,7 @@ def read_ply(path: Path | str) -> Splats:
 
 def _read_vertex(path: Path) -> np.ndarray:
     """The ``vertex`` element of a PLY file as a numpy structured array, or a one-line LodsgsError."""
-    if not path.is_file():
-        raise LodsgsError(f"cannot read {str(path)!r}: no such file")
+    check_ply_file(path)  # the same one line the CLI gives before torch loads
     try:
         ply = PlyData.read(str(path), mmap=False)
     except Exception as e:  # plyfile raises several types for truncated or foreign files

@@ -246,15 +246,12 @@ def _transmittance(alpha: Tensor, pix: Tensor, counts: Tensor) -> tuple[Tensor, 
     """log T in front of each pair within its pixel [P] (float64: a segmented exclusive cumsum of log(1 - alpha)
     over the whole run of pixels) and whether the pair comes before the pixel's cut: gsplat stops before the pair
     that would bring T to <= 1e-4."""
-    with torch.no_grad():
-        seg_start = (torch.cumsum(counts, 0) - counts).index_select(0, pix)
+    seg_start = (torch.cumsum(counts, 0) - counts).index_select(0, pix)  # integers: no graph
     log_t = torch.log1p(-alpha.double())
     incl = torch.cumsum(log_t, 0)
     excl = incl - log_t
     base = excl.index_select(0, seg_start)  # log T at the first pair of the pixel
-    with torch.no_grad():
-        alive = (incl - base) > math.log(T_MIN)
-    return excl - base, alive
+    return excl - base, (incl - base) > math.log(T_MIN)  # a comparison carries no gradient
 
 
 def _alpha(pix: Tensor, attrs: list[Tensor], p0: int, width: int, height: int) -> Tensor:
